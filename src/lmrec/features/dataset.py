@@ -1,0 +1,104 @@
+"""The preprocessed split as models and evaluation see it.
+
+The preprocess stage writes a directory of parquet files (see ``write_split``); everything
+downstream reads it back through ``load_split``. Item and user indices are dense, 0-based
+integers; ``-1`` marks "no item" (a user too short to have a validation target).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lmrec.io import atomic_dir, read_parquet
+
+SPLIT_FILES = ("sequences.parquet", "items.parquet", "cold.parquet", "summary.json")
+
+
+@dataclass(frozen=True)
+class SplitData:
+    """One temporal leave-one-out split.
+
+    Attributes:
+        train: per user, the ordered training item indices (oldest first).
+        val_items: per user, the validation item index or -1.
+        test_items: per user, the test item index or -1.
+        train_times: per user, the unix timestamps aligned with ``train``.
+        user_ids: pseudonymised user id per user index.
+        items: one row per item index: item_idx, item_id, title, text, categories,
+            is_cold (held out of training entirely), n_train (training interactions).
+        cold: cold-slice interactions (user_idx, item_idx), never in train/val/test.
+    """
+
+    train: list[np.ndarray]
+    val_items: np.ndarray
+    test_items: np.ndarray
+    train_times: list[np.ndarray]
+    user_ids: np.ndarray
+    items: pd.DataFrame
+    cold: pd.DataFrame
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.train)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    def train_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """All training interactions as (user_idx, item_idx) arrays, in sequence order."""
+        lengths = np.fromiter((len(s) for s in self.train), dtype=np.int64, count=self.n_users)
+        users = np.repeat(np.arange(self.n_users, dtype=np.int64), lengths)
+        items = np.concatenate(self.train) if self.n_users else np.zeros(0, dtype=np.int64)
+        return users, items.astype(np.int64)
+
+    def history_for(self, user: int, stage: str) -> np.ndarray:
+        """The history a model sees when predicting ``stage`` ("val" or "test") for a user.
+
+        For validation it is the training sequence; for test it is the training sequence
+        followed by the validation item (standard leave-one-out).
+        """
+        hist = self.train[user]
+        if stage == "test" and self.val_items[user] >= 0:
+            hist = np.append(hist, self.val_items[user])
+        return hist
+
+
+def write_split(
+    out_dir: Path,
+    sequences: pd.DataFrame,
+    items: pd.DataFrame,
+    cold: pd.DataFrame,
+    summary: dict,
+) -> None:
+    """Write a split atomically: all files appear together or none do."""
+    with atomic_dir(out_dir) as tmp:
+        sequences.to_parquet(tmp / "sequences.parquet", index=False)
+        items.to_parquet(tmp / "items.parquet", index=False)
+        cold.to_parquet(tmp / "cold.parquet", index=False)
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+
+def load_split(split_dir: str | Path) -> SplitData:
+    """Read a split written by the preprocess stage."""
+    split_dir = Path(split_dir)
+    seq = read_parquet(split_dir / "sequences.parquet").sort_values("user_idx")
+    items = read_parquet(split_dir / "items.parquet").sort_values("item_idx").reset_index(drop=True)
+    cold = read_parquet(split_dir / "cold.parquet")
+    summary = json.loads((split_dir / "summary.json").read_text())
+    return SplitData(
+        train=[np.asarray(s, dtype=np.int64) for s in seq["train_items"]],
+        val_items=seq["val_item"].to_numpy(dtype=np.int64),
+        test_items=seq["test_item"].to_numpy(dtype=np.int64),
+        train_times=[np.asarray(t, dtype=np.int64) for t in seq["train_times"]],
+        user_ids=seq["user_id"].to_numpy(dtype=object),
+        items=items,
+        cold=cold,
+        summary=summary,
+    )
