@@ -1,0 +1,49 @@
+"""Shared fixtures: the project's environment on PATH, small synthetic data, params."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lmrec.config import SyntheticParams, load_params
+from lmrec.data import synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Subprocesses (dvc repro running `lmrec ...`) must find this environment's executables.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+os.environ.setdefault("GIT_AUTHOR_NAME", "lmrec-tests")
+os.environ.setdefault("GIT_AUTHOR_EMAIL", "tests@lmrec.invalid")
+
+
+@pytest.fixture(scope="session")
+def tiny_params():
+    """The committed tiny profile (small synthetic data)."""
+    return load_params(REPO / "profiles" / "tiny.yaml")
+
+
+@pytest.fixture(scope="session")
+def synthetic_world():
+    """A small synthetic data set and its planted truth (session-cached)."""
+    return synthetic.generate(SyntheticParams(n_users=120, n_items=80, n_interactions=2400))
+
+
+@pytest.fixture()
+def contract_files(tmp_path, synthetic_world) -> tuple[Path, Path]:
+    """The synthetic tables written as contract parquet files in a temp dir."""
+    interactions, items, _ = synthetic_world
+    paths = tmp_path / "interactions.parquet", tmp_path / "items.parquet"
+    interactions.to_parquet(paths[0], index=False)
+    items.to_parquet(paths[1], index=False)
+    return paths
+
+
+def read(path: Path) -> pd.DataFrame:
+    """Read a parquet file the way stages do."""
+    from lmrec.io import read_table
+
+    return read_table(path)
