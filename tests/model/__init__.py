@@ -1,0 +1,1 @@
+"""Model tests: the shared contract suite and baseline-specific checks."""
