@@ -8,6 +8,7 @@ exits non-zero without ``summary.json``, so no downstream stage runs.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 from lmrec.config import ValidateParams
@@ -44,6 +45,7 @@ def run(cfg: ValidateParams, interactions: Path, items: Path, out_dir: Path) -> 
     """
     summary_path = out_dir / "summary.json"
     summary_path.unlink(missing_ok=True)  # never leave a stale "passed" behind
+    shutil.rmtree(out_dir / "data_docs", ignore_errors=True)  # docs show this run only
     frames = read_table(interactions), read_table(items)
     tables = build_tables(*frames, cfg, sources=(str(interactions), str(items)))
     outcome = run_checkpoint(tables, out_dir / "data_docs", cfg.max_examples)
