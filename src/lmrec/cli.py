@@ -175,5 +175,26 @@ def preprocess(
     _show(f"split written to {out}/", summary)
 
 
+@app.command()
+def embed(
+    split: Annotated[
+        Path, typer.Option(help="split directory written by `lmrec preprocess` (items.parquet).")
+    ] = Path("artifacts/preprocess"),
+    out: Annotated[
+        Path, typer.Option(help="output directory: item_embeddings.safetensors + encoder.json.")
+    ] = Path("artifacts/embed"),
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Encode every item's text with the pretrained encoder named by params embed.encoder."""
+    from lmrec.config import load_params
+    from lmrec.stages import embed as stage
+
+    try:
+        summary = stage.run(load_params(params).embed, split, out)
+    except LmrecError as err:
+        raise _fail(err) from None
+    _show(f"item embeddings written to {out}/", summary)
+
+
 if __name__ == "__main__":
     app()

@@ -85,10 +85,18 @@ class PreprocessParams(Block):
     cold_seed: int = 13
 
 
+class EmbedParams(Block):
+    encoder: str = "all-MiniLM-L6-v2"
+    batch_size: int = Field(64, ge=1)
+    max_length: int = Field(128, ge=8)
+    normalize: bool = True
+
+
 class Params(Block):
     ingest: IngestParams = IngestParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     preprocess: PreprocessParams = PreprocessParams()
+    embed: EmbedParams = EmbedParams()
 
     model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -24,6 +25,12 @@ def _run(cmd: list[str], cwd: Path, ok: bool = True) -> subprocess.CompletedProc
     if ok:
         assert done.returncode == 0, f"{' '.join(cmd)}\n{done.stdout}\n{done.stderr}"
     return done
+
+
+def _lock_out(ws: Path, stage: str) -> str:
+    """The content hash dvc.lock records for a stage's first output."""
+    lock = yaml.safe_load((ws / "dvc.lock").read_text())
+    return lock["stages"][stage]["outs"][0]["md5"]
 
 
 @pytest.fixture()
@@ -46,6 +53,9 @@ def test_ingest_then_repro_then_noop(workspace):
     assert "Running stage 'validate'" in first.stdout
     assert "Running stage 'preprocess'" in first.stdout
     assert "validation passed" in first.stdout and "split written" in first.stdout
+    assert "Running stage 'embed'" in first.stdout
+    assert (workspace / "artifacts/embed/item_embeddings.safetensors").exists()
+    embed_out = _lock_out(workspace, "embed")
     summary = json.loads((workspace / "artifacts/preprocess/summary.json").read_text())
     assert summary["train"] > 0 and summary["test"] == summary["users"]
     second = _run(["dvc", "repro"], workspace)
@@ -57,6 +67,15 @@ def test_ingest_then_repro_then_noop(workspace):
     third = _run(["dvc", "repro"], workspace)
     assert "Stage 'validate' didn't change" in third.stdout
     assert "Running stage 'preprocess'" in third.stdout
+    # items.parquet carries split columns (n_train), so a new tie-break changes its bytes and
+    # The catalog text did not change, so the embeddings are not recomputed.
+    assert "Stage 'embed' didn't change" in third.stdout
+    assert _lock_out(workspace, "embed") == embed_out
+    # An encoder setting change dirties embed alone.
+    params = (workspace / "params.yaml").read_text()
+    (workspace / "params.yaml").write_text(params.replace("max_length: 128", "max_length: 64"))
+    status = _run(["dvc", "status"], workspace).stdout
+    assert "embed:" in status and "preprocess:" not in status
 
 
 def test_corrupted_data_stops_at_validate(workspace):

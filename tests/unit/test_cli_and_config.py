@@ -13,7 +13,7 @@ from lmrec.config import load_params
 from lmrec.io import LmrecError
 
 REPO = Path(__file__).resolve().parents[2]
-COMMANDS = ["ingest", "validate", "preprocess"]
+COMMANDS = ["ingest", "validate", "preprocess", "embed"]
 
 
 def test_top_level_help_lists_every_stage():

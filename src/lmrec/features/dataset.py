@@ -16,7 +16,10 @@ import pandas as pd
 
 from lmrec.io import atomic_dir, read_parquet
 
-SPLIT_FILES = ("sequences.parquet", "items.parquet", "cold.parquet", "summary.json")
+SPLIT_FILES = (
+    "sequences.parquet", "items.parquet", "item_text.parquet", "cold.parquet", "summary.json"
+)  # fmt: skip
+ITEM_TEXT_FILE = "item_text.parquet"  # catalog text only: the embed stage's one dependency
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,8 @@ def write_split(
     with atomic_dir(out_dir) as tmp:
         sequences.to_parquet(tmp / "sequences.parquet", index=False)
         items.to_parquet(tmp / "items.parquet", index=False)
+        # Text alone, so a re-split that leaves the catalog unchanged does not re-embed.
+        items[["item_idx", "item_id", "text"]].to_parquet(tmp / ITEM_TEXT_FILE, index=False)
         cold.to_parquet(tmp / "cold.parquet", index=False)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
