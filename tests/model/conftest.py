@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from lmrec.features.dataset import SplitData
 from lmrec.models.base import Recommender
@@ -26,13 +27,40 @@ from lmrec.models.itemknn import ItemKNNParams, ItemKNNRecommender
 from lmrec.models.mf import MFParams, MFRecommender
 from lmrec.models.popularity import PopularityRecommender
 from lmrec.models.registry import MODELS
+from lmrec.models.sequential import SequentialParams, SequentialRecommender
+
+torch.set_num_threads(1)
 
 #: Registry name -> a small, fast, seeded configuration of that model.
 MODEL_FACTORIES: dict[str, Callable[[], Recommender]] = {
     "popularity": PopularityRecommender,
     "itemknn": lambda: ItemKNNRecommender(ItemKNNParams(neighbors=20)),
     "mf": lambda: MFRecommender(MFParams(factors=16, iterations=8, seed=0)),
+    "sequential": lambda: tiny_sequential(make_planted()),
 }
+
+
+def tiny_sequential(planted: Planted, **changes) -> SequentialRecommender:
+    """The LM model, tiny and seeded, with stand-in text embeddings for ``planted``."""
+    tiny = {"dim": 32, "layers": 1, "max_len": 20, "epochs": 30, "batch_size": 64, "lr": 3.0e-3}
+    params = {**tiny, "device": "cpu", **changes}
+    text = group_text_embeddings(planted.groups, planted.split.n_items)
+    return SequentialRecommender(SequentialParams(**params), item_embeddings=text)
+
+
+def group_text_embeddings(
+    groups: Sequence[np.ndarray], n_items: int, dim: int = 16, noise: float = 0.5, seed: int = 0
+) -> np.ndarray:
+    """Stand-in item text embeddings: a group's items lie near the group's random centre.
+
+    Items in no group (e.g. the planted cold items) get noise only. Rows are unit length,
+    like sentence-transformer outputs.
+    """
+    rng = np.random.default_rng(seed)
+    emb = noise * rng.normal(size=(n_items, dim))
+    for group in groups:
+        emb[group] += rng.normal(size=dim)
+    return (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
 
 
 def make_split(

@@ -12,11 +12,13 @@ from lmrec.models.base import ModelLoadError, Recommender, read_config
 from lmrec.models.itemknn import ItemKNNRecommender
 from lmrec.models.mf import MFRecommender
 from lmrec.models.popularity import PopularityRecommender
+from lmrec.models.sequential import SequentialRecommender
 
 MODELS: dict[str, type[Recommender]] = {
     "popularity": PopularityRecommender,
     "itemknn": ItemKNNRecommender,
     "mf": MFRecommender,
+    "sequential": SequentialRecommender,
 }
 
 

@@ -1,0 +1,231 @@
+"""Behaviour specific to the LM-powered sequential model (the contract suite covers the rest).
+
+Every fit here uses the tiny seeded config from ``conftest.tiny_sequential`` on the planted
+data, with stand-in text embeddings that cluster each group's items.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lmrec.models.base import CONFIG_FILE, ModelLoadError
+from lmrec.models.popularity import PopularityRecommender
+from lmrec.models.sequential import (
+    SequentialParams,
+    SequentialRecommender,
+    history_tokens,
+    training_windows,
+)
+from lmrec.models.sequential_net import BOS, PAD
+
+from .conftest import Planted, hit_rate, make_planted, make_split, tiny_sequential
+
+COLD_PER_GROUP = 3
+
+
+@pytest.fixture(scope="module")
+def model(planted: Planted) -> SequentialRecommender:
+    return tiny_sequential(planted).fit(planted.split)
+
+
+@pytest.fixture(scope="module")
+def cold_planted() -> Planted:
+    """The planted walks plus ``COLD_PER_GROUP`` never-seen items per group, text-wise in it.
+
+    ``groups`` lists each group's warm items followed by its cold ones, so the stand-in text
+    embeddings put a cold item next to its group's warm items.
+    """
+    base = make_planted(n_cold=0)
+    n_warm = base.split.n_items
+    cold = np.arange(n_warm, n_warm + COLD_PER_GROUP * len(base.groups))
+    groups = [
+        np.concatenate([group, cold[g * COLD_PER_GROUP : (g + 1) * COLD_PER_GROUP]])
+        for g, group in enumerate(base.groups)
+    ]
+    split = make_split(
+        base.split.train,
+        n_warm + len(cold),
+        val=base.split.val_items,
+        test=base.split.test_items,
+        cold_items=cold,
+    )
+    return Planted(split=split, groups=groups, cold_items=cold)
+
+
+def test_beats_popularity(model: SequentialRecommender, planted: Planted) -> None:
+    hr, chance = hit_rate(model, planted.split)
+    hr_pop, _ = hit_rate(PopularityRecommender().fit(planted.split), planted.split)
+    assert hr >= 3 * chance and hr >= hr_pop + 0.3, (hr, hr_pop, chance)
+
+
+def test_uses_order(model: SequentialRecommender, planted: Planted) -> None:
+    """Same items, two orders: the successor of whichever run comes last must win.
+
+    A model that ignores order gives both histories the same scores, so it can satisfy at
+    most half of these comparisons.
+    """
+    right = total = 0
+    for group in planted.groups:
+        for start in range(len(group)):
+            early, late = (start + np.arange(3)) % 16, (start + 7 + np.arange(3)) % 16
+            after_early, after_late = group[(early[-1] + 1) % 16], group[(late[-1] + 1) % 16]
+            scores = model.score([group[np.r_[early, late]], group[np.r_[late, early]]])
+            right += scores[0, after_late] > scores[0, after_early]
+            right += scores[1, after_early] > scores[1, after_late]
+            total += 2
+    assert right / total >= 0.9, f"order respected in {right}/{total} comparisons"
+
+
+def test_cold_items_are_ranked_from_text(cold_planted: Planted) -> None:
+    """Among never-seen items, those whose text sits in the user's group come first."""
+    split, cold = cold_planted.split, cold_planted.cold_items
+    model = tiny_sequential(cold_planted).fit(split)
+    histories = [split.history_for(user, "test") for user in range(split.n_users)]
+    scores = model.score(histories)[:, cold]
+    k = COLD_PER_GROUP
+    top = cold[np.argsort(-scores, axis=1, kind="stable")[:, :k]]
+    own = [set(cold_planted.groups[u % len(cold_planted.groups)][-k:]) for u in range(len(top))]
+    precision = np.mean([len(own[u] & set(top[u])) / k for u in range(len(top))])
+    chance = k / len(cold)
+    assert precision >= 5 * chance, f"cold precision@{k} {precision:.2f}, chance {chance:.3f}"
+
+
+def test_cold_items_ignore_their_id_embeddings(model: SequentialRecommender) -> None:
+    """A cold item's vector is its text projection alone, whatever its ID row holds."""
+    net = model.net
+    cold = torch.from_numpy(np.flatnonzero(~net.id_known.numpy()))
+    assert len(cold) > 0
+    with torch.no_grad():
+        expected = net.text_proj(net.item_text[cold])
+        saved = net.item_id.weight[cold].clone()
+        net.item_id.weight[cold] = 100.0
+        try:
+            torch.testing.assert_close(net.item_vectors(cold), expected, rtol=0, atol=0)
+            torch.testing.assert_close(net.item_vectors()[cold], expected)
+        finally:
+            net.item_id.weight[cold] = saved
+
+
+def test_sampled_softmax_learns_and_is_deterministic(planted: Planted, monkeypatch) -> None:
+    draws = []
+    multinomial = torch.multinomial
+
+    def counting_multinomial(*args, **kwargs):
+        draws.append(1)
+        return multinomial(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "multinomial", counting_multinomial)
+    model = tiny_sequential(planted, full_softmax_max_items=10, n_negatives=32)
+    model.fit(planted.split)
+    assert draws, "the sampled-softmax path did not run"
+    hr, chance = hit_rate(model, planted.split)
+    assert hr >= 3 * chance, f"sampled softmax: HR@10 {hr:.3f}, chance {chance:.3f}"
+    again = tiny_sequential(planted, full_softmax_max_items=10, n_negatives=32)
+    histories = [planted.split.history_for(u, "test") for u in range(20)]
+    np.testing.assert_array_equal(again.fit(planted.split).score(histories), model.score(histories))
+
+
+def test_seed_changes_the_model(model: SequentialRecommender, planted: Planted) -> None:
+    other = tiny_sequential(planted, seed=1, epochs=2).fit(planted.split)
+    histories = [planted.split.train[0]]
+    assert not np.array_equal(other.score(histories), model.score(histories))
+
+
+def test_fit_leaves_the_global_torch_rng_alone(planted: Planted) -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    tiny_sequential(planted, epochs=1).fit(planted.split)
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
+def test_on_epoch_end_can_stop_training(planted: Planted) -> None:
+    seen = []
+
+    def callback(epoch: int, model: SequentialRecommender) -> bool:
+        scores = model.score([planted.split.train[0]])  # the model is usable mid-training
+        seen.append((epoch, bool(np.isfinite(scores).all())))
+        return epoch == 1
+
+    model = tiny_sequential(planted, epochs=5).fit(planted.split, on_epoch_end=callback)
+    assert seen == [(0, True), (1, True)]
+    assert model.epochs_trained == 2 and len(model.epoch_losses) == 2
+    assert model.epoch_losses[1] < model.epoch_losses[0]
+    # Also as an attribute (how a generic trainer can pass it without a fit kwarg).
+    model.on_epoch_end = lambda epoch, m: True
+    assert model.fit(planted.split).epochs_trained == 1
+
+
+def test_id_only_model_learns(planted: Planted) -> None:
+    model = SequentialRecommender(
+        SequentialParams(dim=32, layers=1, max_len=20, epochs=15, batch_size=64, device="cpu")
+    ).fit(planted.split)
+    hr, chance = hit_rate(model, planted.split)
+    assert hr >= 3 * chance
+    cold_scores = model.score([planted.split.train[0]])[0, planted.cold_items]
+    np.testing.assert_array_equal(cold_scores, cold_scores[0])  # no text: cold items tie
+
+
+def test_long_histories_use_the_last_max_len_items(model: SequentialRecommender) -> None:
+    rng = np.random.default_rng(0)
+    history = rng.integers(0, model.n_items, size=model.params.max_len + 15)
+    long, short = model.score([history, history[-model.params.max_len :]])
+    np.testing.assert_array_equal(long, short)
+
+
+def test_save_keeps_text_embeddings(model: SequentialRecommender, tmp_path) -> None:
+    model.save(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / CONFIG_FILE).read_text())
+    assert config["text_dim"] == model.item_embeddings.shape[1]
+    assert config["epochs_trained"] == model.params.epochs
+    loaded = SequentialRecommender.load(tmp_path / "m")
+    np.testing.assert_array_equal(loaded.item_embeddings, model.item_embeddings)
+
+    config["params"]["dim"] = 16  # weights no longer fit the architecture
+    (tmp_path / "m" / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="do not fit"):
+        SequentialRecommender.load(tmp_path / "m")
+
+
+def test_training_windows_cut_from_the_end() -> None:
+    tokens, targets = training_windows([np.arange(10, 17), np.array([5])], max_len=2)
+    # 7 items in chunks of 3 from the end: [14 15 16], [11 12 13], [10]; then [5].
+    np.testing.assert_array_equal(targets, [[14, 15, 16], [11, 12, 13], [10, -1, -1], [5, -1, -1]])
+    offset = 2  # item i is token i + 2
+    np.testing.assert_array_equal(
+        tokens,
+        [
+            [BOS, 14 + offset, 15 + offset],
+            [BOS, 11 + offset, 12 + offset],
+            [BOS, PAD, PAD],
+            [BOS, PAD, PAD],
+        ],
+    )
+
+
+def test_history_tokens_match_the_longest_training_window() -> None:
+    tokens, lengths = history_tokens([np.arange(10, 17), np.zeros(0, dtype=np.int64)], max_len=2)
+    np.testing.assert_array_equal(tokens, [[BOS, 15 + 2, 16 + 2], [BOS, PAD, PAD]])
+    np.testing.assert_array_equal(lengths, [3, 1])
+
+
+BAD_PARAMS = [{"heads": 3}, {"dropout": 1.0}, {"id_dropout": -0.1}, {"lr": 0.0}, {"device": "tpu"}]
+
+
+@pytest.mark.parametrize("changes", BAD_PARAMS)
+def test_params_are_validated(changes: dict) -> None:
+    with pytest.raises(ValueError):
+        SequentialParams(**changes)
+
+
+def test_fit_rejects_bad_item_embeddings(planted: Planted) -> None:
+    with pytest.raises(ValueError, match="rows"):
+        SequentialRecommender(item_embeddings=np.zeros((3, 4), np.float32)).fit(planted.split)
+    with pytest.raises(ValueError, match="finite 2-d"):
+        SequentialRecommender(item_embeddings=np.full((3, 4), np.nan, np.float32))
+    with pytest.raises(ValueError, match="needs item_embeddings"):
+        SequentialRecommender(SequentialParams(id_embeddings=False)).fit(planted.split)
