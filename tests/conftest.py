@@ -6,7 +6,6 @@ import os
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from lmrec.config import SyntheticParams, load_params
@@ -40,10 +39,3 @@ def contract_files(tmp_path, synthetic_world) -> tuple[Path, Path]:
     interactions.to_parquet(paths[0], index=False)
     items.to_parquet(paths[1], index=False)
     return paths
-
-
-def read(path: Path) -> pd.DataFrame:
-    """Read a parquet file the way stages do."""
-    from lmrec.io import read_table
-
-    return read_table(path)

@@ -105,8 +105,3 @@ def strings_as_object(df: pd.DataFrame) -> pd.DataFrame:
         if pd.api.types.is_string_dtype(df[col]) and df[col].dtype != object:
             df[col] = df[col].astype(object).where(df[col].notna(), None)
     return df
-
-
-def read_parquet(path: str | Path) -> pd.DataFrame:
-    """Read a parquet file written by an upstream stage, with a readable error."""
-    return read_table(path)

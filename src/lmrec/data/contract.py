@@ -29,10 +29,7 @@ def user_id_salt() -> str:
     The default keeps the demo reproducible (the same data hash on every machine) but
     protects nothing: production deployments set the variable to a secret.
     """
-    salt = os.environ.get(SALT_ENV)
-    if not salt:
-        return DEFAULT_SALT
-    return salt
+    return os.environ.get(SALT_ENV) or DEFAULT_SALT
 
 
 def pseudonymise(user_ids: pd.Series, salt: str | None = None) -> pd.Series:

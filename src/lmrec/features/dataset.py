@@ -14,11 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lmrec.io import atomic_dir, read_parquet
+from lmrec.io import atomic_dir, read_table
 
-SPLIT_FILES = (
-    "sequences.parquet", "items.parquet", "item_text.parquet", "cold.parquet", "summary.json"
-)  # fmt: skip
 ITEM_TEXT_FILE = "item_text.parquet"  # catalog text only: the embed stage's one dependency
 
 
@@ -93,9 +90,9 @@ def write_split(
 def load_split(split_dir: str | Path) -> SplitData:
     """Read a split written by the preprocess stage."""
     split_dir = Path(split_dir)
-    seq = read_parquet(split_dir / "sequences.parquet").sort_values("user_idx")
-    items = read_parquet(split_dir / "items.parquet").sort_values("item_idx").reset_index(drop=True)
-    cold = read_parquet(split_dir / "cold.parquet")
+    seq = read_table(split_dir / "sequences.parquet").sort_values("user_idx")
+    items = read_table(split_dir / "items.parquet").sort_values("item_idx").reset_index(drop=True)
+    cold = read_table(split_dir / "cold.parquet")
     summary = json.loads((split_dir / "summary.json").read_text())
     return SplitData(
         train=[np.asarray(s, dtype=np.int64) for s in seq["train_items"]],

@@ -22,7 +22,7 @@ from safetensors.numpy import load_file, save_file
 
 from lmrec.config import EmbedParams
 from lmrec.features.dataset import ITEM_TEXT_FILE
-from lmrec.io import DataError, atomic_dir, read_parquet, write_json
+from lmrec.io import DataError, atomic_dir, read_table, write_json
 from lmrec.text.encoder import TextEncoder, weights_sha256
 
 EMBEDDINGS_FILE = "item_embeddings.safetensors"
@@ -30,7 +30,7 @@ META_FILE = "encoder.json"
 
 
 def _item_texts(items_path: Path) -> list[str]:
-    items = read_parquet(items_path)
+    items = read_table(items_path)
     missing = {"item_idx", "text"} - set(items.columns)
     if missing:
         raise DataError(f"{items_path}: missing column(s) {sorted(missing)}")
