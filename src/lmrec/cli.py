@@ -196,5 +196,56 @@ def embed(
     _show(f"item embeddings written to {out}/", summary)
 
 
+@app.command()
+def train(
+    split: Annotated[
+        Path, typer.Option(help="split directory written by `lmrec preprocess`.")
+    ] = Path("artifacts/preprocess"),
+    embeddings: Annotated[
+        Path, typer.Option(help="embedding directory written by `lmrec embed`.")
+    ] = Path("artifacts/embed"),
+    out: Annotated[
+        Path,
+        typer.Option(help="output directory: model/, baselines/, metrics.json, history.csv."),
+    ] = Path("artifacts/train"),
+    checkpoints: Annotated[
+        Path, typer.Option(help="per-epoch checkpoints (last/ and best/); kept for --resume.")
+    ] = Path("artifacts/checkpoints/train"),
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="continue from the last checkpoint (same params and data) instead of "
+            "starting over; the MLflow run is continued too.",
+        ),
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="show per-epoch progress bars.")] = True,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Train the LM-powered sequential model and the baselines; log an MLflow run.
+
+    Early stopping on validation (params train.early_stopping), a checkpoint every epoch,
+    CUDA/bf16/DDP when present. Multi-process: `torchrun --nproc_per_node N -m lmrec.cli
+    train ...` (gloo on CPU, NCCL on GPUs).
+    """
+    from lmrec.config import load_params
+    from lmrec.stages import train as stage
+
+    try:
+        summary = stage.run(
+            load_params(params),
+            split,
+            embeddings,
+            out,
+            checkpoints,
+            resume=resume,
+            progress=progress,
+        )
+    except LmrecError as err:
+        raise _fail(err) from None
+    if summary:
+        _show(f"model written to {out}/model/", summary)
+
+
 if __name__ == "__main__":
     app()

@@ -92,11 +92,40 @@ class EmbedParams(Block):
     normalize: bool = True
 
 
+class EarlyStoppingParams(Block):
+    metric: Literal["ndcg@10", "hr@10", "mrr@10", "recall@20"] = "ndcg@10"
+    patience: int = Field(3, ge=1)
+    min_delta: float = Field(0.0, ge=0)
+
+
+class TrackingParams(Block):
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "lmrec"
+    log_model: bool = True
+
+
+class TrainParams(Block):
+    """The train stage. ``sequential`` holds ``SequentialParams`` fields, checked by the
+    stage (keeping torch out of params loading); ``baselines`` maps a baseline model name to
+    its hyperparameters (``{}`` for the defaults)."""
+
+    seed: int = 0
+    device: str = "auto"
+    threads: int = Field(0, ge=0)
+    sequential: dict = Field(default_factory=dict)
+    baselines: dict[str, dict] = Field(
+        default_factory=lambda: {"popularity": {}, "itemknn": {}, "mf": {}}
+    )
+    early_stopping: EarlyStoppingParams = EarlyStoppingParams()
+    mlflow: TrackingParams = TrackingParams()
+
+
 class Params(Block):
     ingest: IngestParams = IngestParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     preprocess: PreprocessParams = PreprocessParams()
     embed: EmbedParams = EmbedParams()
+    train: TrainParams = TrainParams()
 
     model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
 

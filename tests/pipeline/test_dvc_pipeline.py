@@ -1,4 +1,4 @@
-"""The data half of the pipeline under real DVC, on the tiny profile.
+"""The pipeline (data stages, embed, train) under real DVC, on the tiny profile.
 
 A throwaway workspace gets the project's dvc.yaml, the stage sources it lists as deps,
 and profiles/tiny.yaml as its params.yaml; then `lmrec ingest --snapshot` and
@@ -58,6 +58,14 @@ def test_ingest_then_repro_then_noop(workspace):
     embed_out = _lock_out(workspace, "embed")
     summary = json.loads((workspace / "artifacts/preprocess/summary.json").read_text())
     assert summary["train"] > 0 and summary["test"] == summary["users"]
+    assert "Running stage 'train'" in first.stdout and "model written to" in first.stdout
+    assert (workspace / "artifacts/train/model/weights.safetensors").exists()
+    assert (workspace / "mlflow.db").exists()  # the default SQLite tracking store
+    train_out = _lock_out(workspace, "train")
+    # Training is deterministic: forcing the stage again reproduces the same model hash.
+    forced = _run(["dvc", "repro", "--force", "--single-item", "train"], workspace)
+    assert "Running stage 'train'" in forced.stdout
+    assert _lock_out(workspace, "train") == train_out
     second = _run(["dvc", "repro"], workspace)
     assert "didn't change, skipping" in second.stdout
     assert "Running stage" not in second.stdout
@@ -71,6 +79,7 @@ def test_ingest_then_repro_then_noop(workspace):
     # The catalog text did not change, so the embeddings are not recomputed.
     assert "Stage 'embed' didn't change" in third.stdout
     assert _lock_out(workspace, "embed") == embed_out
+    assert "Running stage 'train'" in third.stdout  # new split, new model
     # An encoder setting change dirties embed alone.
     params = (workspace / "params.yaml").read_text()
     (workspace / "params.yaml").write_text(params.replace("max_length: 128", "max_length: 64"))

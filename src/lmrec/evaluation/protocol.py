@@ -29,7 +29,12 @@ STAGES = ("val", "test")
 
 
 class Scorer(Protocol):
-    """Anything that scores every catalog item for a batch of user histories."""
+    """Anything that scores every catalog item for a batch of user histories.
+
+    A scorer that keeps per-user state (a factorisation model's user factors) may also
+    define ``score_users(users, histories)``; the protocol then calls it with the user
+    indices alongside their histories.
+    """
 
     def score(self, histories: Sequence[np.ndarray]) -> np.ndarray:
         """Return float scores ``[len(histories), n_items]``, higher is better."""
@@ -89,7 +94,11 @@ def _batches(
     for start in range(0, len(users), batch_size):
         batch = users[start : start + batch_size]
         histories = [split.history_for(int(u), stage) for u in batch]
-        scores = np.asarray(model.score(histories))
+        score_users = getattr(model, "score_users", None)
+        if score_users is not None:
+            scores = np.asarray(score_users(batch, histories))
+        else:
+            scores = np.asarray(model.score(histories))
         if scores.shape != (len(batch), split.n_items):
             raise ValueError(
                 f"model.score returned shape {scores.shape}, "

@@ -19,19 +19,25 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Self
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
 
 from lmrec.features.dataset import SplitData
 from lmrec.models.base import ModelLoadError, Params, Recommender, params_from_dict
 from lmrec.models.sequential_net import BOS, N_SPECIAL, PAD, SequentialNet
+from lmrec.text.encoder import TextEncoder
+from lmrec.text.tuning import FINETUNE_MODES, LoraSettings, TextTower
 
 #: Called after each epoch with (epoch index from 0, the model); returning True stops training.
 EpochCallback = Callable[[int, "SequentialRecommender"], bool]
+
+PRECISIONS = ("auto", "fp32", "bf16")
 
 # Histories scored per forward pass (bounds memory for [chunk, n_items] scores).
 _SCORE_CHUNK = 256
@@ -56,6 +62,16 @@ class SequentialParams(Params):
         full_softmax_max_items: largest catalog trained with a full softmax; larger ones
             use a sampled softmax.
         n_negatives: negatives per step in the sampled softmax (shared across the batch).
+        grad_accum_steps: batches whose gradients are summed before one optimizer step.
+        precision: "auto" (bf16 autocast on CUDA with bf16 support, else fp32), "fp32"
+            or "bf16" (autocast on any device).
+        encoder_finetune: "frozen" (train on the precomputed text embeddings), "lora"
+            (train LoRA adapters on the encoder) or "full" (train the whole encoder).
+        encoder_lr: AdamW learning rate of the encoder's trained weights.
+        text_max_length: tokens per item text when the encoder is fine-tuned.
+        lora_r: LoRA rank.
+        lora_alpha: LoRA scaling numerator.
+        lora_dropout: dropout inside the LoRA adapters.
         seed: seeds initialisation, shuffling, dropout and sampling.
         device: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
     """
@@ -73,6 +89,14 @@ class SequentialParams(Params):
     weight_decay: float = 0.0
     full_softmax_max_items: int = 20_000
     n_negatives: int = 1024
+    grad_accum_steps: int = 1
+    precision: str = "auto"
+    encoder_finetune: str = "frozen"
+    encoder_lr: float = 5.0e-5
+    text_max_length: int = 64
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
     seed: int = 0
     device: str = "auto"
 
@@ -86,6 +110,14 @@ class SequentialParams(Params):
             raise ValueError(f"sequential: dropout and id_dropout must be in [0, 1), got {self}")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError(f"sequential: need lr > 0 and weight_decay >= 0, got {self}")
+        if min(self.grad_accum_steps, self.text_max_length, self.lora_r, self.lora_alpha) < 1:
+            raise ValueError(f"sequential: accumulation and encoder sizes must be >= 1: {self}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"sequential: precision must be one of {PRECISIONS}: {self}")
+        if self.encoder_finetune not in FINETUNE_MODES:
+            raise ValueError(f"sequential: encoder_finetune must be one of {FINETUNE_MODES}")
+        if self.encoder_lr <= 0 or not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"sequential: need encoder_lr > 0, lora_dropout in [0, 1): {self}")
         if self.device != "auto" and _device_type(self.device) not in ("cpu", "cuda"):
             raise ValueError(f"sequential: device must be auto, cpu or cuda[:N], got {self}")
 
@@ -139,6 +171,90 @@ def training_windows(train: list[np.ndarray], max_len: int) -> tuple[np.ndarray,
     return tokens, targets
 
 
+@dataclasses.dataclass(frozen=True)
+class DataParallel:
+    """This process's part in data-parallel training (``torchrun`` + DDP).
+
+    Every process walks the same shuffled global batches; process ``rank`` trains on rows
+    ``rank::world_size`` of each, and ``wrap`` (e.g. ``DistributedDataParallel``) averages
+    the gradients, so a step matches a single process's step on the whole global batch.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    wrap: Callable[[nn.Module], nn.Module] | None = None
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Everything needed to continue a fit exactly where an epoch ended.
+
+    Attributes:
+        epochs_done: completed epochs.
+        module: the training module's tensors (network, and encoder when fine-tuned).
+        optimizer: the optimizer's ``state_dict()``.
+        epoch_losses: mean training loss of each completed epoch.
+    """
+
+    epochs_done: int
+    module: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    epoch_losses: list[float]
+
+
+class _Objective(nn.Module):
+    """The training loss as a module, so DDP can wrap it: network (+ encoder) → loss."""
+
+    def __init__(
+        self, net: SequentialNet, tower: nn.Module | None, popularity: torch.Tensor, p: Any
+    ) -> None:
+        super().__init__()
+        self.net, self.tower, self.p = net, tower, p
+        self.register_buffer("popularity", popularity, persistent=False)
+
+    def forward(
+        self, tokens: torch.Tensor, targets: torch.Tensor, scale: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next-item cross-entropy over every non-padded position of a batch.
+
+        Returns:
+            (the summed loss times ``scale``, for backward; the mean loss, for logging).
+            With ``scale = world_size / positions in the global batch`` the gradients DDP
+            averages equal a single process's mean-loss gradients on the whole batch.
+        """
+        p, net, popularity = self.p, self.net, self.popularity
+        text = self.tower() if self.tower is not None else None
+        id_keep = None
+        if net.item_id is not None and p.id_dropout > 0:
+            id_keep = (torch.rand(net.n_items, device=tokens.device) >= p.id_dropout).float()
+        valid = targets >= 0
+        hidden, target = net.encode(tokens, id_keep, text)[valid], targets[valid]
+        if net.n_items <= p.full_softmax_max_items:
+            logits = (hidden @ net.item_vectors(None, id_keep, text).T).float()
+            logits = logits.masked_fill(~(popularity > 0), -math.inf)
+        else:
+            negatives = torch.multinomial(popularity, p.n_negatives, replacement=True)
+            log_q = popularity.log()
+            positive = (hidden * net.item_vectors(target, id_keep, text)).sum(-1).float()
+            negative = (hidden @ net.item_vectors(negatives, id_keep, text).T).float()
+            positive, negative = positive - log_q[target], negative - log_q[negatives]
+            same = negatives.unsqueeze(0) == target.unsqueeze(1)
+            logits = torch.cat([positive.unsqueeze(1), negative.masked_fill(same, -math.inf)], 1)
+            target = torch.zeros_like(target)
+        total = F.cross_entropy(logits, target, reduction="sum")
+        return total * scale, total.detach() / max(len(target), 1)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a ``precision`` param on ``device`` (None: plain fp32)."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.bfloat16 if bf16_ok else None
+
+
 class SequentialRecommender(Recommender):
     """Causal-transformer sequential recommender over text-embedded items.
 
@@ -147,6 +263,9 @@ class SequentialRecommender(Recommender):
         item_embeddings: [n_items, d_text] float32 item text embeddings, row = item index;
             None trains on ID embeddings only (then cold items all score alike).
         on_epoch_end: default per-epoch callback for ``fit`` (see ``EpochCallback``).
+        item_texts: item text per item index; needed when ``encoder_finetune`` is not
+            ``frozen`` (the encoder is then trained on them).
+        encoder: the encoder to fine-tune (packaged name or local path).
     """
 
     name = "sequential"
@@ -157,6 +276,8 @@ class SequentialRecommender(Recommender):
         params: SequentialParams | None = None,
         item_embeddings: np.ndarray | None = None,
         on_epoch_end: EpochCallback | None = None,
+        item_texts: Sequence[str] | None = None,
+        encoder: str | None = None,
     ) -> None:
         super().__init__(params)
         self.item_embeddings = None
@@ -164,13 +285,23 @@ class SequentialRecommender(Recommender):
             self.item_embeddings = np.asarray(item_embeddings, dtype=np.float32)
             if self.item_embeddings.ndim != 2 or not np.isfinite(self.item_embeddings).all():
                 raise ValueError("sequential: item_embeddings must be a finite 2-d array")
+        self.item_texts = None if item_texts is None else list(item_texts)
+        self.encoder = encoder
         self.on_epoch_end = on_epoch_end
+        #: Show a per-epoch progress bar while fitting.
+        self.progress = False
         self.net: SequentialNet | None = None
+        #: The fine-tuned encoder tower after a ``lora``/``full`` fit (None otherwise).
+        self.text_tower: TextTower | None = None
         #: Mean training loss of each epoch run by the last ``fit``.
         self.epoch_losses: list[float] = []
         self.epochs_trained = 0
         self._callback: EpochCallback | None = None
         self._item_cache: torch.Tensor | None = None
+        self._objective: _Objective | None = None
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._resume: TrainState | None = None
+        self._parallel = DataParallel()
 
     @classmethod
     def from_config(
@@ -179,19 +310,42 @@ class SequentialRecommender(Recommender):
         """Build an unfitted model from a hyperparameter mapping and optional text embeddings."""
         return cls(params_from_dict(cls.params_cls, values), item_embeddings)
 
-    def fit(self, split: SplitData, *, on_epoch_end: EpochCallback | None = None) -> Self:
+    def fit(
+        self,
+        split: SplitData,
+        *,
+        on_epoch_end: EpochCallback | None = None,
+        resume: TrainState | None = None,
+        parallel: DataParallel | None = None,
+    ) -> Self:
         """Fit on ``split``'s training sequences.
 
         Args:
             split: the data.
             on_epoch_end: per-epoch callback for this call (overrides the constructor's);
-                the model can score inside it, e.g. for early stopping on validation.
+                the model can score inside it (e.g. early stopping on validation) and
+                ``train_state()`` gives a checkpoint.
+            resume: a ``TrainState`` from an earlier fit of the same model on the same
+                data; training continues after its last epoch and ends as the
+                uninterrupted fit would.
+            parallel: this process's part in data-parallel training.
         """
         self._callback = on_epoch_end or self.on_epoch_end
+        self._resume, self._parallel = resume, parallel or DataParallel()
         try:
             return super().fit(split)
         finally:
-            self._callback = None
+            self._callback, self._resume, self._parallel = None, None, DataParallel()
+            self._objective, self._optimizer = None, None
+
+    def train_state(self) -> TrainState:
+        """A checkpoint of the fit in progress (valid inside ``on_epoch_end``)."""
+        if self._objective is None or self._optimizer is None:
+            raise RuntimeError("sequential: train_state() is only available during fit()")
+        module = {k: v.detach().clone() for k, v in self._objective.state_dict().items()}
+        return TrainState(
+            self.epochs_trained, module, self._optimizer.state_dict(), list(self.epoch_losses)
+        )
 
     # ----------------------------------------------------------------- hooks
     def _fit(self, split: SplitData) -> None:
@@ -209,7 +363,8 @@ class SequentialRecommender(Recommender):
         forked = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=forked):  # seed locally, leave the caller's RNG be
             torch.manual_seed(p.seed)
-            self.net = self._build_net(torch.from_numpy(counts > 0)).to(device)
+            self.net = self._build_net(torch.from_numpy(counts > 0))
+            self.text_tower = self._build_tower(device)
             self._train(training_windows(split.train, p.max_len), counts, device)
 
     def _build_net(self, id_known: torch.Tensor) -> SequentialNet:
@@ -225,57 +380,113 @@ class SequentialRecommender(Recommender):
             id_embeddings=p.id_embeddings,
         )
 
+    def _build_tower(self, device: torch.device) -> TextTower | None:
+        p = self.params
+        if p.encoder_finetune == "frozen":
+            return None
+        if self.item_texts is None or self.encoder is None or self.item_embeddings is None:
+            raise ValueError(
+                f"sequential: encoder_finetune={p.encoder_finetune!r} needs "
+                "item_embeddings, item_texts and encoder"
+            )
+        if len(self.item_texts) != self.n_items:
+            raise ValueError(
+                f"sequential: {len(self.item_texts)} item texts for {self.n_items} items"
+            )
+        encoder = TextEncoder(self.encoder, device=str(device), seed=p.seed)
+        if encoder.dim != self.item_embeddings.shape[1]:
+            raise ValueError(
+                f"sequential: encoder {self.encoder!r} gives {encoder.dim}-d embeddings, "
+                f"item_embeddings are {self.item_embeddings.shape[1]}-d"
+            )
+        lora = LoraSettings(r=p.lora_r, alpha=p.lora_alpha, dropout=p.lora_dropout)
+        return TextTower(encoder, self.item_texts, p.encoder_finetune, p.text_max_length, lora=lora)
+
     def _train(
         self, windows: tuple[np.ndarray, np.ndarray], counts: np.ndarray, device: torch.device
     ) -> None:
-        p, net = self.params, self.net
+        p, net, parallel = self.params, self.net, self._parallel
         tokens_all, targets_all = (torch.from_numpy(a) for a in windows)
-        popularity = torch.from_numpy(counts / max(counts.sum(), 1)).to(device, torch.float32)
-        optimizer = torch.optim.AdamW(net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
-        rng = np.random.default_rng(p.seed)
+        popularity = torch.from_numpy(counts / max(counts.sum(), 1)).to(torch.float32)
+        objective = _Objective(net, self.text_tower, popularity, p).to(device)
+        groups = [{"params": [q for q in net.parameters() if q.requires_grad], "lr": p.lr}]
+        if self.text_tower is not None:
+            tuned = [q for q in self.text_tower.parameters() if q.requires_grad]
+            groups.append({"params": tuned, "lr": p.encoder_lr})
+        optimizer = torch.optim.AdamW(groups, lr=p.lr, weight_decay=p.weight_decay)
         self.epoch_losses, self.epochs_trained = [], 0
-        for epoch in range(p.epochs):
-            net.train()
-            self._item_cache = None
-            total, steps = 0.0, 0
-            order = torch.from_numpy(rng.permutation(len(tokens_all)))
-            for batch in order.split(p.batch_size):
-                tokens, targets = tokens_all[batch], targets_all[batch]
-                width = int((targets >= 0).sum(1).max())  # trim the common right padding
-                loss = self._loss(
-                    tokens[:, :width].to(device), targets[:, :width].to(device), popularity
-                )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total, steps = total + loss.item(), steps + 1
-            self.epoch_losses.append(total / max(steps, 1))
+        if self._resume is not None:
+            self._load_state(objective, optimizer, self._resume)
+        self._objective, self._optimizer = objective, optimizer
+        model = parallel.wrap(objective) if parallel.wrap is not None else objective
+        autocast_dtype = resolve_precision(p.precision, device)
+        for epoch in range(self.epochs_trained, p.epochs):
+            # Per-epoch seeds: a resumed fit draws exactly what the uninterrupted one did.
+            torch.manual_seed(p.seed * 1_000_003 + epoch * 7_919 + parallel.rank)
+            order = torch.from_numpy(
+                np.random.default_rng([p.seed, epoch]).permutation(len(tokens_all))
+            )
+            batches = [b for b in order.split(p.batch_size) if len(b) >= parallel.world_size]
+            objective.train()
+            total = 0.0
+            with tqdm(
+                total=len(batches),
+                desc=f"epoch {epoch + 1}/{p.epochs}",
+                unit="batch",
+                disable=not self.progress or parallel.rank != 0,
+                leave=False,
+            ) as bar:
+                for step, batch in enumerate(batches):
+                    local = batch[parallel.rank :: parallel.world_size]
+                    tokens, targets = tokens_all[local], targets_all[local]
+                    width = int((targets >= 0).sum(1).max())  # trim the common right padding
+                    positions = int((targets_all[batch] >= 0).sum())
+                    scale = parallel.world_size / (positions * p.grad_accum_steps)
+                    with torch.autocast(
+                        device.type,
+                        dtype=autocast_dtype or torch.bfloat16,
+                        enabled=autocast_dtype is not None,
+                    ):
+                        objective_value, loss = model(
+                            tokens[:, :width].to(device), targets[:, :width].to(device), scale
+                        )
+                    objective_value.backward()
+                    if (step + 1) % p.grad_accum_steps == 0 or step + 1 == len(batches):
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    total += loss.item()
+                    bar.update(1)
+            mean_loss = total / max(len(batches), 1)
+            if parallel.world_size > 1:  # report the mean over every process's share
+                shared = torch.tensor([mean_loss], dtype=torch.float64, device=device)
+                torch.distributed.all_reduce(shared)
+                mean_loss = float(shared.item()) / parallel.world_size
+            self.epoch_losses.append(mean_loss)
             self.epochs_trained = epoch + 1
-            net.eval()
+            objective.eval()
+            self._sync_text()
             if self._callback is not None and self._callback(epoch, self):
                 break
 
-    def _loss(
-        self, tokens: torch.Tensor, targets: torch.Tensor, popularity: torch.Tensor
-    ) -> torch.Tensor:
-        """Mean next-item cross-entropy over every non-padded position of a batch."""
-        p, net = self.params, self.net
-        id_keep = None
-        if net.item_id is not None and p.id_dropout > 0:
-            id_keep = (torch.rand(self.n_items, device=tokens.device) >= p.id_dropout).float()
-        valid = targets >= 0
-        hidden, target = net.encode(tokens, id_keep)[valid], targets[valid]
-        seen = popularity > 0
-        if self.n_items <= p.full_softmax_max_items:
-            logits = hidden @ net.item_vectors(None, id_keep).T
-            return F.cross_entropy(logits.masked_fill(~seen, -math.inf), target)
-        negatives = torch.multinomial(popularity, p.n_negatives, replacement=True)
-        log_q = popularity.log()
-        positive = (hidden * net.item_vectors(target, id_keep)).sum(-1) - log_q[target]
-        negative = hidden @ net.item_vectors(negatives, id_keep).T - log_q[negatives]
-        negative = negative.masked_fill(negatives.unsqueeze(0) == target.unsqueeze(1), -math.inf)
-        logits = torch.cat([positive.unsqueeze(1), negative], dim=1)
-        return F.cross_entropy(logits, torch.zeros_like(target))
+    def _load_state(
+        self, objective: _Objective, optimizer: torch.optim.Optimizer, state: TrainState
+    ) -> None:
+        try:
+            objective.load_state_dict(state.module, strict=True)
+            optimizer.load_state_dict(state.optimizer)
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise ModelLoadError(f"sequential: checkpoint does not fit this model: {err}") from err
+        self.epoch_losses = list(state.epoch_losses)
+        self.epochs_trained = state.epochs_done
+        self._sync_text()
+
+    def _sync_text(self) -> None:
+        """Store the fine-tuned encoder's current item embeddings for scoring and saving."""
+        self._item_cache = None
+        if self.text_tower is not None:
+            embedded = self.text_tower.embed_all()
+            self.net.item_text.copy_(embedded)
+            self.item_embeddings = embedded.cpu().numpy()
 
     @torch.no_grad()
     def _score(self, histories: list[np.ndarray]) -> np.ndarray:

@@ -77,7 +77,10 @@ class SequentialNet(nn.Module):
         self.final_norm = nn.LayerNorm(dim)
 
     def item_vectors(
-        self, index: torch.Tensor | None = None, id_keep: torch.Tensor | None = None
+        self,
+        index: torch.Tensor | None = None,
+        id_keep: torch.Tensor | None = None,
+        text: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Vectors of the items in ``index`` (any shape; all items when None): [..., dim].
 
@@ -85,27 +88,34 @@ class SequentialNet(nn.Module):
             index: item indices.
             id_keep: [n_items] 0/1 mask of ID embeddings kept this step (ID dropout);
                 None keeps every known item's ID embedding.
+            text: [n_items, d_text] text embeddings to use instead of the stored ones (the
+                output of an encoder being fine-tuned).
         """
         keep = self.id_known.to(self.bos.dtype)
         if id_keep is not None:
             keep = keep * id_keep
         vectors = 0
         if self.text_proj is not None:
-            text = self.item_text if index is None else self.item_text[index]
-            vectors = self.text_proj(text)
+            table = self.item_text if text is None else text
+            vectors = self.text_proj(table if index is None else table[index])
         if self.item_id is not None:
             ids = self.item_id.weight if index is None else self.item_id(index)
             vectors = vectors + ids * (keep if index is None else keep[index]).unsqueeze(-1)
         return vectors
 
-    def encode(self, tokens: torch.Tensor, id_keep: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(
+        self,
+        tokens: torch.Tensor,
+        id_keep: torch.Tensor | None = None,
+        text: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Hidden states [batch, T, dim] for right-padded ``tokens`` [batch, T].
 
         Position ``t`` sees tokens ``0..t`` only (causal mask), so its state predicts the
-        item after token ``t``.
+        item after token ``t``. ``id_keep`` and ``text`` are as in ``item_vectors``.
         """
         is_item = tokens >= N_SPECIAL
-        items = self.item_vectors((tokens - N_SPECIAL).clamp(min=0), id_keep)
+        items = self.item_vectors((tokens - N_SPECIAL).clamp(min=0), id_keep, text)
         x = torch.where(is_item.unsqueeze(-1), items, self.bos.expand_as(items))
         x = x * is_item.logical_or(tokens == BOS).unsqueeze(-1)  # PAD embeds to zero
         length = tokens.shape[1]
