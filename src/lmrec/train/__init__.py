@@ -1,0 +1,1 @@
+"""Training: the trainer loop driver, checkpoints, torchrun/DDP, MLflow tracking."""
