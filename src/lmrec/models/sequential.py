@@ -17,6 +17,7 @@ exist yet, as new items will in production.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -343,9 +344,8 @@ class SequentialRecommender(Recommender):
         if self._objective is None or self._optimizer is None:
             raise RuntimeError("sequential: train_state() is only available during fit()")
         module = {k: v.detach().clone() for k, v in self._objective.state_dict().items()}
-        return TrainState(
-            self.epochs_trained, module, self._optimizer.state_dict(), list(self.epoch_losses)
-        )
+        optimizer = copy.deepcopy(self._optimizer.state_dict())  # detach from live tensors
+        return TrainState(self.epochs_trained, module, optimizer, list(self.epoch_losses))
 
     # ----------------------------------------------------------------- hooks
     def _fit(self, split: SplitData) -> None:
