@@ -39,6 +39,7 @@ from lmrec.text.tuning import FINETUNE_MODES, LoraSettings, TextTower
 EpochCallback = Callable[[int, "SequentialRecommender"], bool]
 
 PRECISIONS = ("auto", "fp32", "bf16")
+LR_SCHEDULES = ("constant", "cosine")
 
 # Histories scored per forward pass (bounds memory for [chunk, n_items] scores).
 _SCORE_CHUNK = 256
@@ -63,6 +64,7 @@ class SequentialParams(Params):
         full_softmax_max_items: largest catalog trained with a full softmax; larger ones
             use a sampled softmax.
         n_negatives: negatives per step in the sampled softmax (shared across the batch).
+        lr_schedule: "constant", or "cosine" (decay to 0 over ``epochs``, set per step).
         grad_accum_steps: batches whose gradients are summed before one optimizer step.
         precision: "auto" (bf16 autocast on CUDA with bf16 support, else fp32), "fp32"
             or "bf16" (autocast on any device).
@@ -90,6 +92,7 @@ class SequentialParams(Params):
     weight_decay: float = 0.0
     full_softmax_max_items: int = 20_000
     n_negatives: int = 1024
+    lr_schedule: str = "constant"
     grad_accum_steps: int = 1
     precision: str = "auto"
     encoder_finetune: str = "frozen"
@@ -113,6 +116,8 @@ class SequentialParams(Params):
             raise ValueError(f"sequential: need lr > 0 and weight_decay >= 0, got {self}")
         if min(self.grad_accum_steps, self.text_max_length, self.lora_r, self.lora_alpha) < 1:
             raise ValueError(f"sequential: accumulation and encoder sizes must be >= 1: {self}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"sequential: lr_schedule must be one of {LR_SCHEDULES}: {self}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"sequential: precision must be one of {PRECISIONS}: {self}")
         if self.encoder_finetune not in FINETUNE_MODES:
@@ -244,6 +249,17 @@ class _Objective(nn.Module):
             target = torch.zeros_like(target)
         total = F.cross_entropy(logits, target, reduction="sum")
         return total * scale, total.detach() / max(len(target), 1)
+
+
+def lr_factor(schedule: str, progress: float) -> float:
+    """Learning-rate multiplier at ``progress`` (0..1 of all planned epochs).
+
+    A pure function of the position in training, so a resumed fit follows the same
+    schedule with no scheduler state to checkpoint.
+    """
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    return 1.0
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -414,6 +430,7 @@ class SequentialRecommender(Recommender):
             tuned = [q for q in self.text_tower.parameters() if q.requires_grad]
             groups.append({"params": tuned, "lr": p.encoder_lr})
         optimizer = torch.optim.AdamW(groups, lr=p.lr, weight_decay=p.weight_decay)
+        base_lrs = [group["lr"] for group in groups]
         self.epoch_losses, self.epochs_trained = [], 0
         if self._resume is not None:
             self._load_state(objective, optimizer, self._resume)
@@ -452,6 +469,9 @@ class SequentialRecommender(Recommender):
                         )
                     objective_value.backward()
                     if (step + 1) % p.grad_accum_steps == 0 or step + 1 == len(batches):
+                        progress_done = (epoch + (step + 1) / len(batches)) / p.epochs
+                        for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+                            group["lr"] = base * lr_factor(p.lr_schedule, progress_done)
                         optimizer.step()
                         optimizer.zero_grad(set_to_none=True)
                     total += loss.item()
