@@ -7,7 +7,7 @@ AIRFLOW_VENV := .venv-airflow
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-fast lint format lock clean
+.PHONY: help setup demo test test-fast bench-setup bench lint format lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,6 +39,13 @@ test: setup  ## run the whole test suite
 
 test-fast: setup  ## skip the slow (real DVC / subprocess) tests
 	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+
+bench-setup: setup  ## install the benchmark peers: .[bench] into .venv, RecBole into .venv-recbole
+	$(VENV)/bin/pip install --quiet -e ".[bench]"
+	bash benchmarks/peers/setup_recbole.sh
+
+bench: bench-setup  ## quality benchmark on MovieLens-100K (needs `make demo` first; ~1 h uncached)
+	$(VENV)/bin/python benchmarks/quality.py
 
 lint:  ## ruff check + format check
 	$(VENV)/bin/ruff check src tests dags benchmarks

@@ -30,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lmrec.features.dataset import SplitData
+from lmrec.io import LmrecError
 from lmrec.models.base import ModelLoadError, Params, Recommender, params_from_dict
 from lmrec.models.sequential_net import BOS, N_SPECIAL, PAD, SequentialNet
 from lmrec.text.encoder import TextEncoder
@@ -467,11 +468,18 @@ class SequentialRecommender(Recommender):
                         objective_value, loss = model(
                             tokens[:, :width].to(device), targets[:, :width].to(device), scale
                         )
+                    if not torch.isfinite(loss):
+                        raise LmrecError(
+                            f"sequential: non-finite training loss at epoch {epoch + 1}, "
+                            f"batch {step + 1}; lower lr/encoder_lr or use precision fp32"
+                        )
                     objective_value.backward()
                     if (step + 1) % p.grad_accum_steps == 0 or step + 1 == len(batches):
                         progress_done = (epoch + (step + 1) / len(batches)) / p.epochs
                         for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
                             group["lr"] = base * lr_factor(p.lr_schedule, progress_done)
+                        if self.text_tower is not None:  # encoder fine-tuning: clip
+                            nn.utils.clip_grad_norm_(optimizer.param_groups[1]["params"], 1.0)
                         optimizer.step()
                         optimizer.zero_grad(set_to_none=True)
                     total += loss.item()

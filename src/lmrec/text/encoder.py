@@ -100,7 +100,9 @@ class TextEncoder:
         torch.manual_seed(seed)  # eval mode has no randomness; this guards any init path
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-            self.model = AutoModel.from_pretrained(self.path, local_files_only=True)
+            self.model = AutoModel.from_pretrained(
+                self.path, local_files_only=True, dtype=torch.float32
+            )
         except (OSError, ValueError, KeyError) as err:
             raise LmrecError(
                 f"encoder {name_or_path!r} at {self.path}: cannot load: {err}"
