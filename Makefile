@@ -32,7 +32,9 @@ demo: setup  ## ingest MovieLens-100K, snapshot it with DVC, run the pipeline
 	dvc repro
 	@echo; echo "Validation report: artifacts/validation/report.md"; \
 	 echo "GX data docs:      artifacts/validation/data_docs/index.html"; \
-	 echo "Split:             artifacts/preprocess/ (summary.json)"
+	 echo "Split:             artifacts/preprocess/ (summary.json)"; \
+	 echo "Model:             artifacts/train/model/ (metrics: artifacts/train/metrics.json)"; \
+	 echo "MLflow runs:       mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
 test: setup  ## run the whole test suite
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
