@@ -122,6 +122,31 @@ def test_histories_follow_the_stage_and_skip_users_without_target(split):
     assert recorder.seen == [[0, 1, 2, 3, 4, 5], [0, 1], [1, 2]]
 
 
+class PerUser:
+    """A per-user scorer (like a factorisation model): one fixed row per user index."""
+
+    def __init__(self, rows: np.ndarray) -> None:
+        self.rows, self.calls = rows, []
+
+    def score(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        raise AssertionError("the protocol must prefer score_users")
+
+    def score_users(self, users: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
+        self.calls.append((users.tolist(), [h.tolist() for h in histories]))
+        return self.rows[users]
+
+
+def test_per_user_scorers_get_user_indices_with_their_histories(split):
+    targets = split.test_items
+    rows = np.zeros((split.n_users, N_ITEMS))
+    rows[np.flatnonzero(targets >= 0), targets[targets >= 0]] = 1.0  # each user's own target
+    scorer = PerUser(rows)
+    result = P.evaluate_protocol(scorer, split, "test")
+    assert result["overall"]["hr@10"] == 1.0
+    users, histories = scorer.calls[0]
+    assert histories == [split.history_for(u, "test").tolist() for u in users]
+
+
 def test_history_is_excluded_but_the_target_never_is(split):
     # History items outscore the target; only the exclusion lets the target reach rank 0.
     # u1's target (item 0) is also in its history: it must stay rankable and recommendable.
