@@ -80,6 +80,30 @@ def _fit_factors(make_model: Callable[[], Any], matrix: sp.csr_matrix) -> tuple[
     return user_f @ item_f.T, seconds[0]
 
 
+def _implicit_peer(
+    name: str,
+    split: SplitData,
+    seed: int,
+    stage: str,
+    p: ALSParams | BPRParams,
+    make: Callable[[], Any],
+    threads: int,
+    cache: bool,
+    extra_key: dict[str, Any],
+) -> PeerResult:
+    """Fit an implicit model (built by ``make``) on the ``stage`` histories, through the cache."""
+    version = _implicit_version()
+
+    def fit(_: Path) -> Fitted:
+        scores, seconds = _fit_factors(make, user_item_matrix(split, stage))
+        info = {"params": params_key(p), "seed": seed, "library": f"implicit {version}"}
+        info["num_threads"] = threads
+        return Fitted({stage: scores}, seconds, info)
+
+    key = {"params": params_key(p), "seed": seed, "stage": stage, "lib": version, **extra_key}
+    return cached_peer(name, split, stage, key, fit, cache=cache)
+
+
 def als_peer(
     split: SplitData,
     seed: int = 0,
@@ -92,26 +116,18 @@ def als_peer(
     from implicit.cpu.als import AlternatingLeastSquares
 
     p = params or ALSParams()
-    version = _implicit_version()
 
-    def fit(_: Path) -> Fitted:
-        def make() -> AlternatingLeastSquares:
-            return AlternatingLeastSquares(
-                factors=p.factors,
-                regularization=p.regularization,
-                alpha=p.alpha,
-                iterations=p.iterations,
-                num_threads=NUM_THREADS,
-                random_state=seed,
-            )
+    def make() -> AlternatingLeastSquares:
+        return AlternatingLeastSquares(
+            factors=p.factors,
+            regularization=p.regularization,
+            alpha=p.alpha,
+            iterations=p.iterations,
+            num_threads=NUM_THREADS,
+            random_state=seed,
+        )
 
-        scores, seconds = _fit_factors(make, user_item_matrix(split, stage))
-        info = {"params": params_key(p), "seed": seed, "library": f"implicit {version}"}
-        info["num_threads"] = NUM_THREADS
-        return Fitted({stage: scores}, seconds, info)
-
-    key = {"params": params_key(p), "seed": seed, "stage": stage, "lib": version}
-    return cached_peer("implicit-als", split, stage, key, fit, cache=cache)
+    return _implicit_peer("implicit-als", split, seed, stage, p, make, NUM_THREADS, cache, {})
 
 
 def bpr_peer(
@@ -126,27 +142,19 @@ def bpr_peer(
     from implicit.cpu.bpr import BayesianPersonalizedRanking
 
     p = params or BPRParams()
-    version = _implicit_version()
 
-    def fit(_: Path) -> Fitted:
-        def make() -> BayesianPersonalizedRanking:
-            return BayesianPersonalizedRanking(
-                factors=p.factors,
-                learning_rate=p.learning_rate,
-                regularization=p.regularization,
-                iterations=p.iterations,
-                num_threads=BPR_THREADS,
-                random_state=seed,
-            )
+    def make() -> BayesianPersonalizedRanking:
+        return BayesianPersonalizedRanking(
+            factors=p.factors,
+            learning_rate=p.learning_rate,
+            regularization=p.regularization,
+            iterations=p.iterations,
+            num_threads=BPR_THREADS,
+            random_state=seed,
+        )
 
-        scores, seconds = _fit_factors(make, user_item_matrix(split, stage))
-        info = {"params": params_key(p), "seed": seed, "library": f"implicit {version}"}
-        info["num_threads"] = BPR_THREADS
-        return Fitted({stage: scores}, seconds, info)
-
-    key = {"params": params_key(p), "seed": seed, "stage": stage, "lib": version}
-    key["threads"] = BPR_THREADS
-    return cached_peer("implicit-bpr", split, stage, key, fit, cache=cache)
+    extra = {"threads": BPR_THREADS}
+    return _implicit_peer("implicit-bpr", split, seed, stage, p, make, BPR_THREADS, cache, extra)
 
 
 PEERS: dict[str, PeerFn] = {"implicit-als": als_peer, "implicit-bpr": bpr_peer}
