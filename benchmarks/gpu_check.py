@@ -31,17 +31,11 @@ from lmrec.config import (  # noqa: E402
 )
 from lmrec.data import synthetic  # noqa: E402
 from lmrec.evaluation.protocol import evaluate_protocol  # noqa: E402
-from lmrec.features.dataset import ITEM_TEXT_FILE, load_split  # noqa: E402
-from lmrec.io import read_table  # noqa: E402
+from lmrec.features.dataset import load_split  # noqa: E402
 from lmrec.stages import preprocess  # noqa: E402
 from lmrec.stages.embed import load_embeddings  # noqa: E402
 from lmrec.text.encoder import TextEncoder  # noqa: E402
 from lmrec.train.trainer import train_sequential  # noqa: E402
-
-
-def texts_of(split_dir: Path) -> list[str]:
-    items = read_table(split_dir / ITEM_TEXT_FILE).sort_values("item_idx")
-    return items["text"].fillna("").astype(str).tolist()
 
 
 def one_run(
@@ -109,12 +103,12 @@ def main() -> int:
     rows = []
     split = load_split(args.split)
     embeddings, _ = load_embeddings(args.embeddings)
-    texts = texts_of(args.split)
+    texts = split.item_texts()
     if not args.skip_finetune:
         with tempfile.TemporaryDirectory() as tmp:
             tiny_dir = tiny_split(Path(tmp))
             tiny = load_split(tiny_dir)
-            tiny_texts = texts_of(tiny_dir)
+            tiny_texts = tiny.item_texts()
             tiny_emb = TextEncoder(args.encoder, device="cuda").encode(tiny_texts)
             for mode in ("frozen", "lora"):
                 seq = {"epochs": 3, "dim": 32, "precision": "bf16", "encoder_finetune": mode}

@@ -31,6 +31,22 @@ def synthetic_world():
     return synthetic.generate(SyntheticParams(n_users=120, n_items=80, n_interactions=2400))
 
 
+@pytest.fixture(scope="session")
+def tiny_split_dir(tmp_path_factory, synthetic_world, tiny_params) -> Path:
+    """The tiny profile's preprocess output (80 items), built once per test session."""
+    from lmrec.stages import preprocess
+
+    interactions, items, _ = synthetic_world
+    root = tmp_path_factory.mktemp("tiny-split")
+    interactions.to_parquet(root / "interactions.parquet", index=False)
+    items.to_parquet(root / "items.parquet", index=False)
+    out = root / "preprocess"
+    preprocess.run(
+        tiny_params.preprocess, root / "interactions.parquet", root / "items.parquet", out
+    )
+    return out
+
+
 @pytest.fixture()
 def contract_files(tmp_path, synthetic_world) -> tuple[Path, Path]:
     """The synthetic tables written as contract parquet files in a temp dir."""

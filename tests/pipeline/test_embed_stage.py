@@ -15,24 +15,16 @@ from lmrec.cli import app
 from lmrec.config import EmbedParams
 from lmrec.features.dataset import load_split
 from lmrec.io import LmrecError
-from lmrec.stages import embed, preprocess
+from lmrec.stages import embed
 from lmrec.text.encoder import TextEncoder, resolve_encoder, weights_sha256
 
 torch.set_num_threads(1)  # two shared CPU cores
 
 
 @pytest.fixture(scope="module")
-def split_dir(tmp_path_factory, synthetic_world, tiny_params) -> Path:
+def split_dir(tiny_split_dir) -> Path:
     """The tiny profile's preprocess output (80 items)."""
-    interactions, items, _ = synthetic_world
-    root = tmp_path_factory.mktemp("embed")
-    interactions.to_parquet(root / "interactions.parquet", index=False)
-    items.to_parquet(root / "items.parquet", index=False)
-    out = root / "preprocess"
-    preprocess.run(
-        tiny_params.preprocess, root / "interactions.parquet", root / "items.parquet", out
-    )
-    return out
+    return tiny_split_dir
 
 
 @pytest.fixture(scope="module")

@@ -58,6 +58,11 @@ class SplitData:
         items = np.concatenate(self.train) if self.n_users else np.zeros(0, dtype=np.int64)
         return users, items.astype(np.int64)
 
+    def item_texts(self) -> list[str]:
+        """Every item's assembled text (what the embed stage encodes), by item index."""
+        text = self.items.sort_values("item_idx")["text"]
+        return text.where(text.notna(), "").astype(str).tolist()
+
     def history_for(self, user: int, stage: str) -> np.ndarray:
         """The history a model sees when predicting ``stage`` ("val" or "test") for a user.
 

@@ -29,13 +29,13 @@ import numpy as np
 import torch
 
 from lmrec.config import Params
-from lmrec.features.dataset import ITEM_TEXT_FILE, SplitData, load_split
-from lmrec.io import DataError, atomic_dir, atomic_path, read_table, write_json
+from lmrec.features.dataset import SplitData, load_split
+from lmrec.io import DataError, atomic_dir, atomic_path, write_json
 from lmrec.models.base import Recommender
 from lmrec.stages.embed import META_FILE as ENCODER_META
 from lmrec.stages.embed import load_embeddings
 from lmrec.train import distributed
-from lmrec.train.checkpoint import load_checkpoint
+from lmrec.train.checkpoint import read_meta
 from lmrec.train.tracking import Tracker, data_version, git_commit, tracking_uri
 from lmrec.train.trainer import LAST, TrainResult, train_baselines, train_sequential
 
@@ -47,15 +47,7 @@ RUN_FILE = "run.json"
 def _resumed_run_id(checkpoint_dir: Path, resume: bool) -> str | None:
     if not resume or not (checkpoint_dir / LAST).is_dir():
         return None
-    _, meta = load_checkpoint(checkpoint_dir / LAST)
-    return meta.get("run_id")
-
-
-def _item_texts(split_dir: Path, n_items: int) -> list[str]:
-    items = read_table(split_dir / ITEM_TEXT_FILE).sort_values("item_idx")
-    if len(items) != n_items:
-        raise DataError(f"{split_dir / ITEM_TEXT_FILE}: {len(items)} items, split has {n_items}")
-    return items["text"].where(items["text"].notna(), "").astype(str).tolist()
+    return read_meta(checkpoint_dir / LAST).get("run_id")
 
 
 def _save_with_ids(model: Recommender, directory: Path, split: SplitData, **files: Any) -> None:
@@ -64,9 +56,7 @@ def _save_with_ids(model: Recommender, directory: Path, split: SplitData, **file
         write_json(tmp / ITEM_IDS_FILE, split.items["item_id"].astype(str).tolist())
         for name, value in files.items():
             if isinstance(value, Path):
-                shutil.copytree(value, tmp / name) if value.is_dir() else shutil.copy(
-                    value, tmp / name
-                )
+                shutil.copy(value, tmp / name)
             else:
                 write_json(tmp / name, value)
 
@@ -102,7 +92,7 @@ def run(
         )
     dist = distributed.from_environment()
     finetune = cfg.sequential.get("encoder_finetune", "frozen") != "frozen"
-    texts = _item_texts(split_dir, split.n_items) if finetune else None
+    texts = split.item_texts() if finetune else None
     tracker = None
     if dist.is_main:
         tracker = Tracker(

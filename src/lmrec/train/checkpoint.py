@@ -75,6 +75,24 @@ def save_checkpoint(directory: str | Path, state: TrainState, meta: dict[str, An
         write_json(tmp / META_FILE, record)
 
 
+def _read_record(directory: Path) -> dict[str, Any]:
+    try:
+        record = json.loads((directory / META_FILE).read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{directory / META_FILE}: unreadable: {err}") from err
+    if record.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{directory / META_FILE}: format_version {record.get('format_version')!r}, "
+            f"expected {FORMAT_VERSION}"
+        )
+    return record
+
+
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    """The trainer's ``meta`` of a checkpoint, without loading its tensors."""
+    return _read_record(Path(directory))["meta"]
+
+
 def load_checkpoint(directory: str | Path) -> tuple[TrainState, dict[str, Any]]:
     """Read a checkpoint written by ``save_checkpoint``: (train state, trainer meta).
 
@@ -86,13 +104,8 @@ def load_checkpoint(directory: str | Path) -> tuple[TrainState, dict[str, Any]]:
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise CheckpointError(f"{directory}: no complete checkpoint (missing {missing})")
+    record = _read_record(directory)
     try:
-        record = json.loads((directory / META_FILE).read_text())
-        if record.get("format_version") != FORMAT_VERSION:
-            raise CheckpointError(
-                f"{directory / META_FILE}: format_version {record.get('format_version')!r}, "
-                f"expected {FORMAT_VERSION}"
-            )
         module = load_file(str(directory / MODULE_FILE))
         optimizer = _join_optimizer(load_file(str(directory / OPTIMIZER_FILE)), record["optimizer"])
         state = TrainState(
