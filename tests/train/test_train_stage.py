@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import torch
 import yaml
 
 from lmrec.models.registry import load_model
-from lmrec.stages import embed, preprocess
+from lmrec.stages import embed
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -35,18 +36,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, synthetic_world, tiny_params) -> Path:
+def workspace(tmp_path_factory, tiny_split_dir, tiny_params) -> Path:
     """A directory holding the tiny profile's preprocess and embed outputs."""
-    interactions, items, _ = synthetic_world
     root = tmp_path_factory.mktemp("train")
-    interactions.to_parquet(root / "interactions.parquet", index=False)
-    items.to_parquet(root / "items.parquet", index=False)
-    preprocess.run(
-        tiny_params.preprocess,
-        root / "interactions.parquet",
-        root / "items.parquet",
-        root / "artifacts/preprocess",
-    )
+    shutil.copytree(tiny_split_dir, root / "artifacts/preprocess")
     embed.run(tiny_params.embed, root / "artifacts/preprocess", root / "artifacts/embed", False)
     return root
 
@@ -129,12 +122,12 @@ def test_train_writes_model_baselines_metrics_and_an_mlflow_run(workspace):
 
 def test_resume_after_a_kill_ends_like_an_uninterrupted_run(workspace):
     # 8 batches per epoch so that the kill lands inside an epoch; patience high enough
-    # that all 5 epochs run.
+    # that all 8 epochs run.
     params = write_params(
         workspace,
         "resume",
-        sequential={"epochs": 5, "batch_size": 16},
-        early_stopping={"metric": "ndcg@10", "patience": 5, "min_delta": 0.0},
+        sequential={"epochs": 8, "batch_size": 16},
+        early_stopping={"metric": "ndcg@10", "patience": 8, "min_delta": 0.0},
         mlflow={"tracking_uri": "sqlite:///unused.db", "experiment": "lmrec", "log_model": False},
     )
     full = lmrec_train(workspace, params, "full")
@@ -150,18 +143,19 @@ def test_resume_after_a_kill_ends_like_an_uninterrupted_run(workspace):
             break
         assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
         time.sleep(0.05)
-    time.sleep(0.3)  # into epoch 3 (or 4)
+    # Killed as soon as epoch 2's checkpoint is seen: inside epoch 3 (epochs take ~0.1 s here,
+    # so any fixed sleep could outlast the whole run).
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_after = json.loads(meta.read_text())["epochs_done"]
-    assert 2 <= killed_after < 5
+    assert 2 <= killed_after < 8
     assert not (workspace / "out-cut").exists()  # nothing half-written
 
     resumed = lmrec_train(workspace, params, "cut", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming after epoch {killed_after}" in resumed.stdout
     a, b = history(workspace / "out-full/history.csv"), history(workspace / "out-cut/history.csv")
-    assert len(a) == len(b) == 5
+    assert len(a) == len(b) == 8
     for row_a, row_b in zip(a, b, strict=True):
         for key in ("loss", "val_ndcg@10", "val_hr@10", "val_mrr@10"):
             assert row_a[key] == pytest.approx(row_b[key], abs=1e-6), key
@@ -178,10 +172,10 @@ def test_resume_after_a_kill_ends_like_an_uninterrupted_run(workspace):
     mlflow.set_tracking_uri(f"sqlite:///{workspace}/mlflow-cut.db")
     assert len(mlflow.search_runs(search_all_experiments=True, output_format="list")) == 1
     curve = mlflow.MlflowClient().get_metric_history(training["mlflow_run_id"], "loss")
-    assert sorted({m.step for m in curve}) == [0, 1, 2, 3, 4]
+    assert sorted({m.step for m in curve}) == list(range(8))
 
     # A checkpoint of other params is refused, never continued.
-    other = write_params(workspace, "other", sequential={"epochs": 5, "batch_size": 16, "lr": 0.01})
+    other = write_params(workspace, "other", sequential={"epochs": 8, "batch_size": 16, "lr": 0.01})
     refused = lmrec_train(workspace, other, "cut", "--resume")
     assert refused.returncode == 1
     assert "written for other params or data" in refused.stderr + refused.stdout

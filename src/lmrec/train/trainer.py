@@ -198,9 +198,11 @@ def train_sequential(
                 "history": history,
                 "run_id": None if tracker is None else tracker.run_id,
             }
-            save_checkpoint(checkpoint_dir / LAST, model.train_state(), meta)
+            # Log before checkpointing: a kill in between re-runs (and re-logs) this epoch on
+            # resume instead of leaving a gap in the MLflow curves.
             if tracker is not None:
                 tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            save_checkpoint(checkpoint_dir / LAST, model.train_state(), meta)
             mark = " *" if improved else ""
             print_(
                 f"epoch {epoch + 1}/{params.epochs}  loss {row['loss']:.4f}  "
