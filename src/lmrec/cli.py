@@ -7,6 +7,7 @@ readable message with a non-zero exit code:
     1  usage or configuration error
     2  unreadable input or contract violation (file, column named)
     3  data validation failed (report written)
+    4  the promotion gate refused the candidate (gate.json written; nothing registered)
 """
 
 from __future__ import annotations
@@ -245,6 +246,182 @@ def train(
         raise _fail(err) from None
     if summary:
         _show(f"model written to {out}/model/", summary)
+
+
+TrainDirOpt = Annotated[
+    Path, typer.Option("--train", help="train stage output: model/, baselines/, run.json.")
+]
+SplitOpt = Annotated[Path, typer.Option(help="split directory written by `lmrec preprocess`.")]
+
+
+@app.command()
+def evaluate(
+    split: SplitOpt = Path("artifacts/preprocess"),
+    embeddings: Annotated[
+        Path, typer.Option(help="embedding directory (for intra-list diversity).")
+    ] = Path("artifacts/embed"),
+    train_dir: TrainDirOpt = Path("artifacts/train"),
+    out: Annotated[
+        Path,
+        typer.Option(help="output: metrics.json, comparison.json, slices.csv, report.png..."),
+    ] = Path("artifacts/evaluate"),
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Evaluate the candidate, its seed replicas, the baselines and the current champion.
+
+    The DESIGN.md protocol (full ranking, leave-one-out) on params evaluate.stage, with the
+    cold-item, short-history and long-tail slices and beyond-accuracy metrics; a PNG report;
+    the metrics and report logged to the candidate's MLflow run.
+    """
+    from lmrec.config import load_params
+    from lmrec.stages import evaluate as stage
+
+    try:
+        summary = stage.run(load_params(params), split, embeddings, train_dir, out)
+    except LmrecError as err:
+        raise _fail(err) from None
+    _show(f"evaluation written to {out}/ (report: {out}/report.png)", summary)
+
+
+@app.command()
+def gate(
+    evaluation: Annotated[
+        Path, typer.Option(help="evaluate stage output (comparison.json).")
+    ] = Path("artifacts/evaluate"),
+    train_dir: TrainDirOpt = Path("artifacts/train"),
+    split: SplitOpt = Path("artifacts/preprocess"),
+    out: Annotated[Path, typer.Option(help="output directory for gate.json.")] = Path(
+        "artifacts/gate"
+    ),
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Check the candidate against value thresholds, the baselines, the champion and the
+    latency budget (params gate). Exit 0: passed; exit 4: refused (reasons printed and in
+    gate.json); nothing is registered by this command.
+    """
+    from lmrec.config import load_params
+    from lmrec.stages import gate as stage
+
+    try:
+        report = stage.run(load_params(params), evaluation, train_dir, split, out)
+    except LmrecError as err:
+        raise _fail(err) from None
+    marks = {"pass": "PASS", "fail": "FAIL", "skip": "skip"}
+    colors = {"pass": typer.colors.GREEN, "fail": typer.colors.RED, "skip": None}
+    for check in report["checks"]:
+        typer.secho(f"  {marks[check['status']]}  {check['reason']}", fg=colors[check["status"]])
+    if report["passed"]:
+        typer.secho(f"gate passed ({out}/gate.json)", bold=True, fg=typer.colors.GREEN)
+        return
+    typer.secho(f"gate refused the candidate ({out}/gate.json)", bold=True, fg=typer.colors.RED)
+    raise typer.Exit(code=report["exit_code"])
+
+
+@app.command()
+def register(
+    gate_dir: Annotated[Path, typer.Option("--gate", help="gate stage output (gate.json).")] = Path(
+        "artifacts/gate"
+    ),
+    evaluation: Annotated[
+        Path, typer.Option(help="evaluate stage output (comparison.json, for version tags).")
+    ] = Path("artifacts/evaluate"),
+    train_dir: TrainDirOpt = Path("artifacts/train"),
+    out: Annotated[Path, typer.Option(help="output directory for registration.json.")] = Path(
+        "artifacts/register"
+    ),
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Register the candidate the gate passed as an MLflow model version (alias challenger)
+    and, with params register.auto_promote, promote it to champion. Re-running for the
+    same candidate changes nothing. Exit 4 when the gate refused it.
+    """
+    from lmrec.config import load_params
+    from lmrec.stages import register as stage
+
+    try:
+        record = stage.run(load_params(params), gate_dir, evaluation, train_dir, out)
+    except LmrecError as err:
+        raise _fail(err) from None
+    _show(
+        f"model {record['model_name']!r} version {record['version']}",
+        {
+            "new version": record["created"],
+            "aliases": ", ".join(record["aliases"]) or "none",
+            "champion": record["champion_version"],
+            "promoted now": record["promoted"],
+        },
+    )
+
+
+def _registry(params: Path):
+    from lmrec.config import load_params
+    from lmrec.registry.store import Registry
+    from lmrec.train.tracking import tracking_uri
+
+    cfg = load_params(params)
+    return Registry(tracking_uri(cfg.train.mlflow.tracking_uri), cfg.register.model_name)
+
+
+@app.command()
+def promote(
+    version: Annotated[
+        int | None, typer.Option(help="version to promote (default: the challenger).")
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Make a registered version the champion (the one served). A no-op if it already is."""
+    try:
+        change = _registry(params).promote(version)
+    except LmrecError as err:
+        raise _fail(err) from None
+    if change.changed:
+        typer.echo(f"champion: version {change.before} -> version {change.after}")
+    else:
+        typer.echo(f"champion unchanged: version {change.after}")
+
+
+@app.command()
+def rollback(
+    from_version: Annotated[
+        int | None,
+        typer.Option(
+            help="roll back only if this version is still the champion (safe to retry: a "
+            "second call with the same value changes nothing)."
+        ),
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Point the champion back at the version promoted before the current one.
+
+    The rolled-back version is tagged lmrec.rolled_back and the pipeline does not promote
+    it again on its own (`lmrec promote --version N` does).
+    """
+    try:
+        change = _registry(params).rollback(from_version)
+    except LmrecError as err:
+        raise _fail(err) from None
+    if change.changed:
+        typer.echo(f"champion: version {change.before} -> version {change.after} (rolled back)")
+    else:
+        typer.echo(f"champion unchanged: version {change.after}")
+
+
+@app.command()
+def versions(params: ParamsOpt = Path("params.yaml")) -> None:
+    """List the registered versions with their aliases and headline metrics."""
+    try:
+        registry = _registry(params)
+        found = registry.versions()
+    except LmrecError as err:
+        raise _fail(err) from None
+    if not found:
+        typer.echo(f"model {registry.name!r} has no versions yet")
+        return
+    for v in found:
+        ndcg = next((val for key, val in v.tags.items() if key.endswith("overall.ndcg_at_10")), "?")
+        aliases = ",".join(v.aliases) or "-"
+        rolled = "  (rolled back)" if "lmrec.rolled_back" in v.tags else ""
+        typer.echo(f"  v{v.number:<4} {aliases:<20} ndcg@10 {ndcg}  run {v.run_id}{rolled}")
 
 
 if __name__ == "__main__":

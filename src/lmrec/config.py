@@ -110,6 +110,8 @@ class TrainParams(Block):
     its hyperparameters (``{}`` for the defaults)."""
 
     seed: int = 0
+    extra_seeds: list[int] = Field(default_factory=list)
+    data_fraction: float = Field(1.0, gt=0, le=1)
     device: str = "auto"
     threads: int = Field(0, ge=0)
     sequential: dict = Field(default_factory=dict)
@@ -120,18 +122,101 @@ class TrainParams(Block):
     mlflow: TrackingParams = TrackingParams()
 
 
+class EvaluateParams(Block):
+    """The evaluate stage: the DESIGN.md protocol on one split stage."""
+
+    stage: Literal["val", "test"] = "test"
+    k: int = Field(10, ge=1)
+    recall_k: int = Field(20, ge=1)
+    head_share: float = Field(0.2, gt=0, lt=1)
+    short_history_max: int = Field(5, ge=1)
+    popularity_bins: int = Field(10, ge=1)
+    batch_size: int = Field(256, ge=1)
+
+
+METRIC_PATH = r"^(overall|slices\.(cold_items|short_history|long_tail))\.[a-z_]+(@\d+)?$"
+
+
+class GateCheck(Block):
+    """One gate check on a metric of the candidate (``overall.ndcg@10``,
+    ``slices.cold_items.recall@10``...).
+
+    ``against: value`` compares the metric with ``min``/``max``. ``against: baselines``
+    and ``against: champion`` compare it with a reference model's value of the same metric:
+    ``min_delta`` (candidate - reference >= it) and ``min_ratio`` (candidate / reference >=
+    it) for metrics where higher is better, ``max_delta`` / ``max_ratio`` (<=) where lower
+    is better. Against baselines the check must hold for every baseline in ``baselines``
+    (all trained baselines when empty)."""
+
+    metric: str = Field(pattern=METRIC_PATH)
+    against: Literal["value", "baselines", "champion"] = "value"
+    min: float | None = None
+    max: float | None = None
+    min_delta: float | None = None
+    min_ratio: float | None = None
+    max_delta: float | None = None
+    max_ratio: float | None = None
+    baselines: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _thresholds_fit(self) -> GateCheck:
+        value = {"min": self.min, "max": self.max}
+        change = {
+            "min_delta": self.min_delta,
+            "min_ratio": self.min_ratio,
+            "max_delta": self.max_delta,
+            "max_ratio": self.max_ratio,
+        }
+        used, wrong = (value, change) if self.against == "value" else (change, value)
+        if all(v is None for v in used.values()):
+            raise ValueError(f"{self.metric} against {self.against}: set one of {sorted(used)}")
+        extra = sorted(k for k, v in wrong.items() if v is not None)
+        if extra:
+            raise ValueError(f"{self.metric} against {self.against}: {extra} do not apply")
+        if self.baselines and self.against != "baselines":
+            raise ValueError(f"{self.metric}: 'baselines' only applies against baselines")
+        return self
+
+
+class LatencyParams(Block):
+    """Scoring-time budget: p95 of single-request recommend() calls on this machine."""
+
+    p95_ms: float = Field(50.0, gt=0)
+    requests: int = Field(200, ge=10)
+    k: int = Field(10, ge=1)
+    warmup: int = Field(10, ge=0)
+
+
+class GateParams(Block):
+    checks: list[GateCheck] = Field(default_factory=list)
+    latency: LatencyParams = LatencyParams()
+    max_nonfinite_share: float = Field(0.0, ge=0, le=1)
+
+
+class RegisterParams(Block):
+    model_name: str = Field("lmrec", min_length=1)
+    auto_promote: bool = True
+
+
 class Params(Block):
     ingest: IngestParams = IngestParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     preprocess: PreprocessParams = PreprocessParams()
     embed: EmbedParams = EmbedParams()
     train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    gate: GateParams = GateParams()
+    register_: RegisterParams = Field(RegisterParams(), alias="register")
 
     model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
 
     @property
     def validate(self) -> ValidateParams:  # noqa: D102 - "validate" shadows BaseModel's
         return self.validate_
+
+    @property
+    def register(self) -> RegisterParams:  # noqa: D102 - "register" shadows ABCMeta's
+        return self.register_
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -155,6 +240,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except ValidationError as err:
         lines = [f"{path}: invalid params"]
         for e in err.errors():
-            where = ".".join(str(p) for p in e["loc"]).replace("validate_", "validate")
+            where = ".".join(str(p) for p in e["loc"])
+            where = where.replace("validate_", "validate").replace("register_", "register")
             lines.append(f"  {where}: {e['msg']}")
         raise LmrecError("\n".join(lines)) from err

@@ -26,6 +26,7 @@ from lmrec.models.base import Recommender
 from lmrec.models.itemknn import ItemKNNParams, ItemKNNRecommender
 from lmrec.models.mf import MFParams, MFRecommender
 from lmrec.models.popularity import PopularityRecommender
+from lmrec.models.random import RandomParams, RandomRecommender
 from lmrec.models.registry import MODELS
 from lmrec.models.sequential import SequentialParams, SequentialRecommender
 
@@ -34,6 +35,7 @@ torch.set_num_threads(1)
 #: Registry name -> a small, fast, seeded configuration of that model.
 MODEL_FACTORIES: dict[str, Callable[[], Recommender]] = {
     "popularity": PopularityRecommender,
+    "random": lambda: RandomRecommender(RandomParams(seed=0)),
     "itemknn": lambda: ItemKNNRecommender(ItemKNNParams(neighbors=20)),
     "mf": lambda: MFRecommender(MFParams(factors=16, iterations=8, seed=0)),
     "sequential": lambda: tiny_sequential(make_planted()),

@@ -285,6 +285,80 @@ def popularity_bias(top_items: np.ndarray, head_mask: np.ndarray) -> float:
     return _mean(np.asarray(head_mask, dtype=bool)[_slots(top_items)].astype(np.float64))
 
 
+def _popularity_bins(item_counts: np.ndarray, n_bins: int) -> np.ndarray:
+    """Bin of each item when items, most-trained first, are cut into ``n_bins`` equal parts.
+
+    Ties in training count go to the lower item index; bin sizes follow ``np.array_split``
+    (the first ``n_items % n_bins`` bins hold one item more).
+
+    Args:
+        item_counts: ``[n_items]`` non-negative training interaction counts.
+        n_bins: number of bins, in ``[1, n_items]``.
+
+    Returns:
+        int64 ``[n_items]``: the bin of each item, 0 = most popular.
+    """
+    counts = np.asarray(item_counts, dtype=np.float64)
+    if counts.ndim != 1:
+        raise ValueError(f"item_counts must be 1-D [n_items], got shape {counts.shape}")
+    if (counts < 0).any():
+        raise ValueError("item_counts must be non-negative")
+    if not 1 <= n_bins <= len(counts):
+        raise ValueError(f"n_bins must be in [1, n_items={len(counts)}], got {n_bins}")
+    bins = np.empty(len(counts), dtype=np.int64)
+    order = np.argsort(-counts, kind="stable")
+    for b, items in enumerate(np.array_split(order, n_bins)):
+        bins[items] = b
+    return bins
+
+
+def popularity_curve(
+    top_items: np.ndarray, item_counts: np.ndarray, n_bins: int = 10
+) -> np.ndarray:
+    """Share of recommended list slots falling in each item-popularity bin.
+
+    Items are ordered by training count (descending, ties to the lower item index) and cut
+    into ``n_bins`` equal-size bins, bin 0 holding the most popular items. A recommender
+    without popularity bias fills each bin in proportion to its size.
+
+    Args:
+        top_items: int ``[n_users, k]`` item indices, ``-1`` for empty slots (ignored).
+        item_counts: ``[n_items]`` training interaction count per item.
+        n_bins: number of bins, in ``[1, n_items]``.
+
+    Returns:
+        float64 ``[n_bins]`` summing to 1; all NaN when there are no filled slots.
+    """
+    bins = _popularity_bins(item_counts, n_bins)
+    slots = _slots(top_items)
+    if slots.size == 0:
+        return np.full(n_bins, np.nan)
+    if slots.max() >= len(bins):
+        raise ValueError(f"top_items holds item {slots.max()} but there are {len(bins)} items")
+    return np.bincount(bins[slots], minlength=n_bins) / slots.size
+
+
+def catalog_popularity_curve(item_counts: np.ndarray, n_bins: int = 10) -> np.ndarray:
+    """Share of training interactions per item-popularity bin (same bins as ``popularity_curve``).
+
+    This is the curve a recommender would draw by sampling items at their training
+    frequency, the reference ``popularity_curve`` is compared with.
+
+    Args:
+        item_counts: ``[n_items]`` training interaction count per item.
+        n_bins: number of bins, in ``[1, n_items]``.
+
+    Returns:
+        float64 ``[n_bins]`` summing to 1; all NaN when the counts sum to 0.
+    """
+    counts = np.asarray(item_counts, dtype=np.float64)
+    bins = _popularity_bins(counts, n_bins)
+    total = counts.sum()
+    if total == 0:
+        return np.full(n_bins, np.nan)
+    return np.bincount(bins, weights=counts, minlength=n_bins) / total
+
+
 def intra_list_diversity(top_items: np.ndarray, item_embeddings: np.ndarray) -> float:
     """Mean over lists of the mean pairwise cosine distance ``1 - cos`` between list items.
 

@@ -217,8 +217,12 @@ def _user_groups(
     head_share: float,
     short_history_max: int,
     item_embeddings: np.ndarray | None,
-) -> dict[str, dict[str, float]]:
-    """Score users once; summarise overall and the short-history and long-tail slices."""
+) -> tuple[dict[str, dict[str, float]], np.ndarray, np.ndarray]:
+    """Score users once; summarise overall and the short-history and long-tail slices.
+
+    Returns:
+        (metrics per group, every user's top-k items, training counts per item).
+    """
     ranked = _rank_users(model, split, stage, k, batch_size)
     counts = _train_counts(split)
     head = M.head_items(counts, head_share)
@@ -229,10 +233,11 @@ def _user_groups(
         "long_tail": ~head[ranked.targets],
     }
     context = {"k": k, "recall_k": recall_k, "counts": counts, "head": head}
-    return {
+    summaries = {
         name: _summarise(ranked, rows, item_embeddings=item_embeddings, **context)
         for name, rows in groups.items()
     }
+    return summaries, ranked.top, counts
 
 
 def evaluate(
@@ -253,7 +258,7 @@ def evaluate(
         ``n_nonfinite`` (users whose candidate scores included NaN/inf).
     """
     args = (stage, k, recall_k, batch_size, head_share, 0, item_embeddings)
-    return _user_groups(model, split, *args)["overall"]
+    return _user_groups(model, split, *args)[0]["overall"]
 
 
 def evaluate_protocol(
@@ -266,6 +271,7 @@ def evaluate_protocol(
     head_share: float = 0.2,
     short_history_max: int = 5,
     item_embeddings: np.ndarray | None = None,
+    popularity_bins: int | None = None,
 ) -> dict[str, Any]:
     """The full protocol: overall metrics plus the three slices.
 
@@ -275,15 +281,20 @@ def evaluate_protocol(
     Returns:
         ``{"overall": {...}, "slices": {"cold_items": {...}, "short_history": {...},
         "long_tail": {...}}}``; the cold slice reports ``hr@k``, ``ndcg@k``, ``recall@k``.
+        With ``popularity_bins``, also ``"popularity_curve"``: the share of all top-k
+        slots per item-popularity bin (``metrics.popularity_curve``, bin 0 most popular).
     """
     args = (stage, k, recall_k, batch_size, head_share, short_history_max, item_embeddings)
-    groups = _user_groups(model, split, *args)
+    groups, top, counts = _user_groups(model, split, *args)
     slices = {
         "cold_items": cold_item_slice(model, split, stage, k, batch_size),
         "short_history": groups["short_history"],
         "long_tail": groups["long_tail"],
     }
-    return {"overall": groups["overall"], "slices": slices}
+    out: dict[str, Any] = {"overall": groups["overall"], "slices": slices}
+    if popularity_bins is not None:
+        out["popularity_curve"] = M.popularity_curve(top, counts, popularity_bins).tolist()
+    return out
 
 
 def aggregate_seeds(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ integers; ``-1`` marks "no item" (a user too short to have a validation target).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +62,27 @@ class SplitData:
         """Every item's assembled text (what the embed stage encodes), by item index."""
         text = self.items.sort_values("item_idx")["text"]
         return text.where(text.notna(), "").astype(str).tolist()
+
+    def with_training_users(self, fraction: float, seed: int) -> SplitData:
+        """A copy whose training sequences are kept for a seeded share of users only.
+
+        The other users' training sequences are emptied; targets, catalog and slices stay,
+        so a model fitted on the copy is still evaluated on the whole split (learning
+        curves, deliberately under-trained candidates). At least one user is kept.
+        """
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        if fraction == 1:
+            return self
+        n_keep = max(1, round(fraction * self.n_users))
+        keep = np.zeros(self.n_users, dtype=bool)
+        keep[np.random.default_rng(seed).choice(self.n_users, n_keep, replace=False)] = True
+        empty = np.zeros(0, dtype=np.int64)
+        return replace(
+            self,
+            train=[s if k else empty for s, k in zip(self.train, keep, strict=True)],
+            train_times=[t if k else empty for t, k in zip(self.train_times, keep, strict=True)],
+        )
 
     def history_for(self, user: int, stage: str) -> np.ndarray:
         """The history a model sees when predicting ``stage`` ("val" or "test") for a user.

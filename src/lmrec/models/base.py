@@ -136,11 +136,15 @@ class Recommender(ABC):
         self._fit(split)
         return self
 
-    def score(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+    def score(
+        self, histories: Sequence[np.ndarray], *, allow_nonfinite: bool = False
+    ) -> np.ndarray:
         """Score every catalog item for each ordered history (oldest first).
 
         Args:
             histories: item-index arrays; an empty array means an unknown user.
+            allow_nonfinite: return NaN/inf scores instead of raising (the evaluation
+                protocol counts them as misses and reports them).
 
         Returns:
             float32 array [len(histories), n_items]; higher is better.
@@ -153,7 +157,7 @@ class Recommender(ABC):
         checked = [self._check_history(h, n_items) for h in histories]
         if not checked:
             return np.zeros((0, n_items), dtype=np.float32)
-        return self._check_scores(self._score(checked), len(checked))
+        return self._check_scores(self._score(checked), len(checked), allow_nonfinite)
 
     def recommend(
         self, history: np.ndarray, k: int, exclude: np.ndarray | None = None
@@ -237,7 +241,9 @@ class Recommender(ABC):
             raise ValueError(f"{self.name}: history item index outside [0, {n_items}): {arr}")
         return arr.astype(np.int64, copy=False)
 
-    def _check_scores(self, scores: np.ndarray, n_rows: int) -> np.ndarray:
+    def _check_scores(
+        self, scores: np.ndarray, n_rows: int, allow_nonfinite: bool = False
+    ) -> np.ndarray:
         """Validate raw scores from ``_score``: right shape, all finite; return float32."""
         scores = np.asarray(scores)
         expected = (n_rows, self.n_items)
@@ -246,7 +252,7 @@ class Recommender(ABC):
         with np.errstate(over="ignore"):  # an overflow to inf is reported just below
             scores = scores.astype(np.float32, copy=False)
         bad = ~np.isfinite(scores)
-        if bad.any():
+        if bad.any() and not allow_nonfinite:
             rows, cols = np.nonzero(bad)
             raise ValueError(
                 f"{self.name}: produced {int(bad.sum())} non-finite scores "

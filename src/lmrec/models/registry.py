@@ -12,10 +12,12 @@ from lmrec.models.base import ModelLoadError, Recommender, read_config
 from lmrec.models.itemknn import ItemKNNRecommender
 from lmrec.models.mf import MFRecommender
 from lmrec.models.popularity import PopularityRecommender
+from lmrec.models.random import RandomRecommender
 from lmrec.models.sequential import SequentialRecommender
 
 MODELS: dict[str, type[Recommender]] = {
     "popularity": PopularityRecommender,
+    "random": RandomRecommender,
     "itemknn": ItemKNNRecommender,
     "mf": MFRecommender,
     "sequential": SequentialRecommender,

@@ -1,0 +1,1 @@
+"""Promotion gate logic and the MLflow model registry (versions, aliases)."""

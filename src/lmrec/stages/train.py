@@ -7,6 +7,8 @@ Reads the preprocess split and the embed stage's item embeddings; writes, each a
   ``training.json`` (best epoch, epochs run, process count) and, after encoder
   fine-tuning, ``encoder_adapter/`` (safetensors);
 - ``<out>/baselines/<name>/``: each baseline, with its ``item_ids.json``;
+- ``<out>/replicas/seed_<n>/``: the model retrained with each of ``train.extra_seeds``
+  (empty without), so that the evaluate stage can report mean ± std over seeds;
 - ``<out>/metrics.json``: validation metrics of the model and each baseline (DVC metrics);
 - ``<out>/history.csv``: per-epoch loss and validation metrics (DVC plots);
 - ``<out>/run.json``: this run's facts that differ between identical runs (MLflow run id
@@ -93,6 +95,7 @@ def run(
     dist = distributed.from_environment()
     finetune = cfg.sequential.get("encoder_finetune", "frozen") != "frozen"
     texts = split.item_texts() if finetune else None
+    fit_split = split.with_training_users(cfg.data_fraction, cfg.seed)
     tracker = None
     if dist.is_main:
         tracker = Tracker(
@@ -113,10 +116,28 @@ def run(
             encoder=encoder_meta.get("encoder"),
             progress=progress,
             dist=dist,
+            fit_split=fit_split,
         )
+        replicas = {}
+        for seed in cfg.extra_seeds:
+            if dist.is_main:
+                print(f"replica with seed {seed}", flush=True)
+            replicas[seed] = train_sequential(
+                split,
+                embeddings,
+                cfg.model_copy(update={"seed": seed}),
+                checkpoint_dir / "replicas" / f"seed_{seed}",
+                item_texts=texts,
+                encoder=encoder_meta.get("encoder"),
+                progress=progress,
+                dist=dist,
+                fit_split=split.with_training_users(cfg.data_fraction, seed),
+            )
         if not dist.is_main:
             return {}
-        summary = _finish(params, split, embed_dir, out_dir, result, tracker, dist)
+        summary = _finish(
+            params, split, embed_dir, out_dir, result, tracker, dist, fit_split, replicas
+        )
     except BaseException:
         if tracker is not None:
             tracker.end("FAILED")
@@ -135,6 +156,8 @@ def _finish(
     result: TrainResult,
     tracker: Tracker,
     dist: distributed.Distributed,
+    fit_split: SplitData,
+    replicas: dict[int, TrainResult],
 ) -> dict[str, Any]:
     cfg = params.train
     model = result.model
@@ -152,7 +175,7 @@ def _finish(
         }
     )
     tracker.log_params({**cfg.model_dump(), "resolved": {"sequential": vars(model.params)}})
-    baselines = train_baselines(split, cfg, tracker)
+    baselines = train_baselines(split, cfg, tracker, fit_split=fit_split)
     best_row = next(r for r in result.history if r["epoch"] == result.best_epoch)
     # What decides the model goes in the DVC outputs; run facts that differ between
     # identical runs (ids, commit, timings) go to run.json and MLflow only, so that
@@ -170,14 +193,18 @@ def _finish(
         model.text_tower.save_adapter(model_dir / "encoder_adapter")
     for name, (baseline, _, _) in baselines.items():
         _save_with_ids(baseline, out_dir / "baselines" / name, split)
-    # Stale baselines from an earlier params set must not linger next to the new ones.
-    existing = (out_dir / "baselines").iterdir() if (out_dir / "baselines").is_dir() else []
-    for old in existing:
-        if old.is_dir() and not old.name.startswith(".") and old.name not in baselines:
-            shutil.rmtree(old)
+    replica_names = {f"seed_{seed}": r for seed, r in replicas.items()}
+    (out_dir / "replicas").mkdir(parents=True, exist_ok=True)
+    for name, replica in replica_names.items():
+        _save_with_ids(replica.model, out_dir / "replicas" / name, split)
+    # Stale models from an earlier params set must not linger next to the new ones.
+    _remove_stale(out_dir / "baselines", set(baselines))
+    _remove_stale(out_dir / "replicas", set(replica_names))
     val = {k.removeprefix("val_"): v for k, v in best_row.items() if k.startswith("val_")}
+    metric = cfg.early_stopping.metric
     metrics = {
         "model": {"name": model.name, **training, "val": val},
+        "replicas": {name: {f"val_{metric}": r.best_value} for name, r in replica_names.items()},
         "baselines": {
             name: {"val": {k: v for k, v in m.items() if k != "n_users"}}
             for name, (_, m, _) in baselines.items()
@@ -215,6 +242,12 @@ def _finish(
             for n, (_, m, _) in baselines.items()
         },
     }
+
+
+def _remove_stale(directory: Path, keep: set[str]) -> None:
+    for old in directory.iterdir() if directory.is_dir() else []:
+        if old.is_dir() and not old.name.startswith(".") and old.name not in keep:
+            shutil.rmtree(old)
 
 
 def _rounded(value: Any) -> Any:

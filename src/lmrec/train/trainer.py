@@ -135,11 +135,12 @@ def train_sequential(
     encoder: str | None = None,
     progress: bool = False,
     dist: distributed.Distributed | None = None,
+    fit_split: SplitData | None = None,
 ) -> TrainResult:
     """Fit the sequential model with validation, early stopping and per-epoch checkpoints.
 
     Args:
-        split: the data.
+        split: the data (validation always runs on all of it).
         embeddings: item text embeddings from the embed stage.
         cfg: the ``train`` params block.
         checkpoint_dir: where ``last/`` and ``best/`` live (cleared unless resuming).
@@ -148,6 +149,8 @@ def train_sequential(
         item_texts, encoder: for encoder fine-tuning (``encoder_finetune`` lora/full).
         progress: show per-epoch progress bars.
         dist: this process's place under torchrun (default: read from the environment).
+        fit_split: the data to fit on when it is a subset of ``split``
+            (``SplitData.with_training_users``); default ``split``.
 
     Raises:
         CheckpointError: resuming from a checkpoint of other params or data.
@@ -158,7 +161,8 @@ def train_sequential(
     checkpoint_dir = Path(checkpoint_dir)
     parallel = distributed.setup(dist, device)
     print_ = print if dist.is_main else (lambda *a, **k: None)
-    fp = fingerprint(params, split, embeddings)
+    fit_split = split if fit_split is None else fit_split
+    fp = fingerprint(params, fit_split, embeddings)
     state, stopper, history, resumed_from = None, None, [], None
     if resume and (checkpoint_dir / LAST).is_dir():
         state, meta = load_checkpoint(checkpoint_dir / LAST)
@@ -215,7 +219,7 @@ def train_sequential(
 
     model = SequentialRecommender(params, embeddings, item_texts=item_texts, encoder=encoder)
     model.progress = progress
-    model.fit(split, on_epoch_end=on_epoch_end, resume=state, parallel=parallel)
+    model.fit(fit_split, on_epoch_end=on_epoch_end, resume=state, parallel=parallel)
     distributed.barrier(dist)
     seconds = time.perf_counter() - started
     result = TrainResult(
@@ -239,9 +243,13 @@ def train_sequential(
 
 
 def train_baselines(
-    split: SplitData, cfg: TrainParams, tracker: Tracker | None = None
+    split: SplitData,
+    cfg: TrainParams,
+    tracker: Tracker | None = None,
+    fit_split: SplitData | None = None,
 ) -> dict[str, tuple[Any, dict[str, float], float]]:
-    """Fit each configured baseline; return name -> (model, val metrics, fit seconds)."""
+    """Fit each configured baseline (on ``fit_split``, default ``split``); validate on
+    ``split``; return name -> (model, val metrics, fit seconds)."""
     out = {}
     for name, values in cfg.baselines.items():
         try:
@@ -252,7 +260,7 @@ def train_baselines(
         if isinstance(model, SequentialRecommender):
             raise LmrecError("params.yaml: train.baselines: 'sequential' is the main model")
         start = time.perf_counter()
-        model.fit(split)
+        model.fit(split if fit_split is None else fit_split)
         seconds = time.perf_counter() - start
         val = _clean(evaluate(model, split, "val"))
         out[name] = (model, val, seconds)

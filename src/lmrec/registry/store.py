@@ -1,0 +1,267 @@
+"""The MLflow model registry as lmrec uses it: versions, aliases, promotion and rollback.
+
+One registered model (``register.model_name``, default ``lmrec``) holds every model that
+passed the gate. Aliases, not the deprecated stages, say what is what:
+
+- ``champion``: the version served. ``promote`` moves it; ``rollback`` moves it back.
+- ``challenger``: a registered version waiting for promotion (A/B tests serve it beside the
+  champion); promotion removes the alias from the version it promotes.
+
+Every version carries the tag ``lmrec.model_digest`` (sha256 of the saved model directory),
+so registering the same candidate twice finds the existing version instead of adding one.
+The registered model's tag ``lmrec.champion_history`` lists the versions promoted so far
+(JSON, oldest first); ``rollback`` pops the current champion from it and points the alias
+at the version before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmrec.io import LmrecError
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+DIGEST_TAG = "lmrec.model_digest"
+HISTORY_TAG = "lmrec.champion_history"
+ROLLED_BACK_TAG = "lmrec.rolled_back"
+
+
+class RegistryError(LmrecError):
+    """The registry cannot do what was asked (no such version, nothing to roll back to)."""
+
+
+def model_digest(model_dir: str | Path) -> str:
+    """sha256 over the relative paths and bytes of every file in a saved model directory."""
+    root = Path(model_dir)
+    if not root.is_dir():
+        raise LmrecError(f"{root}: not a saved model directory")
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Version:
+    """One registered model version, as much of it as lmrec needs."""
+
+    number: int
+    run_id: str | None
+    source: str
+    tags: dict[str, str]
+    aliases: tuple[str, ...]
+
+    @property
+    def digest(self) -> str | None:
+        return self.tags.get(DIGEST_TAG)
+
+
+@dataclass(frozen=True)
+class AliasChange:
+    """What ``promote``/``rollback`` did: the champion before and after, and whether it moved."""
+
+    before: int | None
+    after: int | None
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+
+class Registry:
+    """The registered model ``name`` in the MLflow registry at ``uri``."""
+
+    def __init__(self, uri: str, name: str) -> None:
+        import mlflow
+        from mlflow import MlflowClient
+
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        self._mlflow = mlflow
+        mlflow.set_tracking_uri(uri)
+        self.uri, self.name = uri, name
+        try:
+            self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        except Exception as err:  # MLflow raises many types for a bad store
+            raise LmrecError(f"MLflow registry at {uri!r}: {err}") from err
+
+    # ---------------------------------------------------------------- reading
+    def _model(self) -> Any | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_registered_model(self.name)
+        except MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise LmrecError(f"MLflow registry at {self.uri!r}: {err}") from err
+
+    def versions(self) -> list[Version]:
+        """Every version, oldest first (none when the model is not registered yet)."""
+        model = self._model()
+        if model is None:
+            return []
+        aliases: dict[int, list[str]] = {}
+        for alias, number in (model.aliases or {}).items():
+            aliases.setdefault(int(number), []).append(alias)
+        found = self.client.search_model_versions(f"name = '{self.name}'")
+        return sorted(
+            (
+                Version(
+                    number=int(v.version),
+                    run_id=v.run_id,
+                    source=v.source,
+                    tags=dict(v.tags or {}),
+                    aliases=tuple(sorted(aliases.get(int(v.version), []))),
+                )
+                for v in found
+            ),
+            key=lambda v: v.number,
+        )
+
+    def version(self, number: int) -> Version:
+        for v in self.versions():
+            if v.number == number:
+                return v
+        known = ", ".join(str(v.number) for v in self.versions()) or "none"
+        raise RegistryError(f"model {self.name!r} has no version {number} (versions: {known})")
+
+    def alias(self, alias: str) -> Version | None:
+        """The version holding ``alias``, or None."""
+        for v in self.versions():
+            if alias in v.aliases:
+                return v
+        return None
+
+    def find_digest(self, digest: str) -> Version | None:
+        """The newest version registered from a model with this digest, or None."""
+        matches = [v for v in self.versions() if v.digest == digest]
+        return matches[-1] if matches else None
+
+    def history(self) -> list[int]:
+        """Versions promoted to champion, oldest first (rolled-back ones removed)."""
+        model = self._model()
+        raw = (model.tags or {}).get(HISTORY_TAG, "[]") if model is not None else "[]"
+        return [int(v) for v in json.loads(raw)]
+
+    # ---------------------------------------------------------------- writing
+    def register(self, model_uri: str, run_id: str | None, tags: dict[str, str]) -> Version:
+        """A version for ``model_uri``, reusing the one with the same digest tag if any."""
+        digest = tags.get(DIGEST_TAG)
+        existing = self.find_digest(digest) if digest else None
+        if existing is not None:
+            return existing
+        if self._model() is None:
+            self.client.create_registered_model(
+                self.name, description="lmrec models that passed the promotion gate"
+            )
+        model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/") else None
+        try:
+            created = self.client.create_model_version(
+                self.name, source=model_uri, run_id=run_id, tags=tags, model_id=model_id
+            )
+        except Exception as err:  # MLflow raises many types for a bad store or source
+            raise RegistryError(f"model {self.name!r}: cannot register {model_uri}: {err}") from err
+        return self.version(int(created.version))
+
+    def set_challenger(self, number: int) -> bool:
+        """Point ``challenger`` at a version (not at the champion); True if it moved."""
+        target = self.version(number)
+        if CHAMPION in target.aliases or CHALLENGER in target.aliases:
+            return False
+        self.client.set_registered_model_alias(self.name, CHALLENGER, str(number))
+        return True
+
+    def promote(self, number: int | None = None) -> AliasChange:
+        """Make a version (default: the challenger) the champion. A no-op when it already is.
+
+        Raises:
+            RegistryError: no version given and no challenger, or no such version.
+        """
+        current = self.alias(CHAMPION)
+        before = current.number if current else None
+        if number is None:
+            challenger = self.alias(CHALLENGER)
+            if challenger is None:
+                if current is not None:
+                    return AliasChange(before, before)  # nothing waiting: already promoted
+                raise RegistryError(f"model {self.name!r} has no challenger to promote")
+            number = challenger.number
+        target = self.version(number)
+        if before == number:
+            return AliasChange(before, before)
+        history = [v for v in self.history() if v != number] + [number]
+        self.client.set_registered_model_tag(self.name, HISTORY_TAG, json.dumps(history))
+        if ROLLED_BACK_TAG in target.tags:
+            self.client.delete_model_version_tag(self.name, str(number), ROLLED_BACK_TAG)
+        self.client.set_registered_model_alias(self.name, CHAMPION, str(number))
+        if CHALLENGER in target.aliases:
+            self.client.delete_registered_model_alias(self.name, CHALLENGER)
+        return AliasChange(before, number)
+
+    def rollback(self, from_version: int | None = None) -> AliasChange:
+        """Point ``champion`` back at the version promoted before the current one.
+
+        Args:
+            from_version: roll back only if this version is still the champion; when it no
+                longer is, nothing happens (so a retried rollback does not step back twice).
+
+        Raises:
+            RegistryError: there is no champion, or no earlier champion to go back to.
+        """
+        current = self.alias(CHAMPION)
+        if current is None:
+            raise RegistryError(f"model {self.name!r} has no champion to roll back")
+        if from_version is not None and current.number != from_version:
+            return AliasChange(current.number, current.number)
+        history = [v for v in self.history() if v != current.number]
+        if not history:
+            raise RegistryError(
+                f"model {self.name!r}: version {current.number} is the only champion so far; "
+                "there is nothing to roll back to"
+            )
+        previous = history[-1]
+        self.client.set_model_version_tag(self.name, str(current.number), ROLLED_BACK_TAG, "true")
+        self.client.set_registered_model_tag(self.name, HISTORY_TAG, json.dumps(history))
+        self.client.set_registered_model_alias(self.name, CHAMPION, str(previous))
+        return AliasChange(current.number, previous)
+
+    # -------------------------------------------------------------- artifacts
+    def download(self, number: int, dst: str | Path) -> Path:
+        """Download a version's MLflow model into ``dst``; return its lmrec model directory."""
+        version = self.version(number)
+        dst = Path(dst)
+        dst.mkdir(parents=True, exist_ok=True)
+        try:
+            local = self._mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{self.name}/{version.number}", dst_path=str(dst)
+            )
+        except Exception as err:  # MLflow raises many types for missing artifacts
+            raise RegistryError(
+                f"model {self.name!r} version {number}: cannot download its artifacts: {err}"
+            ) from err
+        return lmrec_model_dir(Path(local))
+
+
+def lmrec_model_dir(mlflow_model: Path) -> Path:
+    """The lmrec model directory inside a downloaded MLflow pyfunc model."""
+    mlmodel = mlflow_model / "MLmodel"
+    try:
+        flavors = yaml.safe_load(mlmodel.read_text())["flavors"]
+        relative = flavors["python_function"]["artifacts"]["model"]["path"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
+        raise RegistryError(f"{mlmodel}: not an lmrec pyfunc model ({err})") from err
+    model_dir = mlflow_model / relative
+    if not (model_dir / "config.json").is_file():
+        raise RegistryError(f"{model_dir}: the registered model has no config.json")
+    return model_dir

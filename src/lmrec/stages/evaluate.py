@@ -1,0 +1,272 @@
+"""Evaluate stage: the DESIGN.md protocol for the candidate, its seed replicas, the in-house
+baselines and the current champion, on the same split.
+
+Writes to ``out_dir`` (each file atomically):
+
+- ``metrics.json`` (DVC metrics): the candidate's overall and per-slice metrics, mean ± std
+  over seeds when ``train.extra_seeds`` trained replicas, and the champion's and each
+  baseline's headline numbers;
+- ``comparison.json``: every model's full results and popularity curve (the gate's input);
+- ``slices.csv`` and ``popularity_curve.csv`` (DVC plots);
+- ``report.png``: metric by slice, popularity-bias curve, champion vs candidate.
+
+The champion lives in the MLflow registry, outside DVC's view, so ``dvc.yaml`` marks this
+stage ``always_changed``; its outputs are deterministic, so the gate and register stages
+downstream re-run only when the candidate or the champion really changed. The metrics and
+the report are also logged to the candidate's MLflow training run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmrec.config import Params
+from lmrec.evaluation import metrics as M
+from lmrec.evaluation.protocol import aggregate_seeds, evaluate_protocol
+from lmrec.evaluation.report import write_report
+from lmrec.evaluation.scorers import CatalogScorer, LenientScorer
+from lmrec.features.dataset import SplitData, load_split
+from lmrec.io import DataError, LmrecError, atomic_path, write_json
+from lmrec.models.registry import load_model
+from lmrec.registry.store import CHAMPION, Registry, model_digest
+from lmrec.stages.embed import load_embeddings
+from lmrec.stages.train import ITEM_IDS_FILE, RUN_FILE
+from lmrec.train.tracking import tracking_uri
+
+log = logging.getLogger(__name__)
+
+COMPARISON_FILE = "comparison.json"
+HEADLINE = ("hr@10", "ndcg@10", "mrr@10", "recall@20", "coverage@10")
+
+
+def _item_ids(model_dir: Path) -> list[str]:
+    path = model_dir / ITEM_IDS_FILE
+    if not path.is_file():
+        raise DataError(f"{path}: not found; re-run the train stage")
+    return [str(i) for i in json.loads(path.read_text())]
+
+
+def _model_dirs(directory: Path) -> dict[str, Path]:
+    if not directory.is_dir():
+        return {}
+    return {p.name: p for p in sorted(directory.iterdir()) if (p / "config.json").is_file()}
+
+
+def _protocol(scorer: Any, split: SplitData, params: Params, emb: np.ndarray) -> dict[str, Any]:
+    cfg = params.evaluate
+    return evaluate_protocol(
+        scorer,
+        split,
+        cfg.stage,
+        k=cfg.k,
+        recall_k=cfg.recall_k,
+        batch_size=cfg.batch_size,
+        head_share=cfg.head_share,
+        short_history_max=cfg.short_history_max,
+        item_embeddings=emb,
+        popularity_bins=min(cfg.popularity_bins, split.n_items),
+    )
+
+
+def _evaluate_champion(
+    params: Params, split: SplitData, emb: np.ndarray, candidate_digest: str
+) -> dict[str, Any] | None:
+    """The champion's results on this split, or None when there is no champion yet."""
+    registry = Registry(tracking_uri(params.train.mlflow.tracking_uri), params.register.model_name)
+    champion = registry.alias(CHAMPION)
+    if champion is None:
+        return None
+    info = {"version": champion.number, "digest": champion.digest}
+    info["is_candidate"] = champion.digest == candidate_digest
+    with tempfile.TemporaryDirectory(prefix="lmrec-champion-") as tmp:
+        model_dir = registry.download(champion.number, tmp)
+        scorer = CatalogScorer(
+            load_model(model_dir), _item_ids(model_dir), split.items["item_id"].astype(str)
+        )
+        results = _protocol(scorer, split, params, emb)
+    info["unknown_items"] = scorer.n_unknown
+    return {"label": f"champion v{champion.number}", "champion": info, **results}
+
+
+def run(params: Params, split_dir: Path, embed_dir: Path, train_dir: Path, out_dir: Path) -> dict:
+    """Evaluate every model, write the outputs, log to MLflow; return a printable summary."""
+    split = load_split(split_dir)
+    emb, _ = load_embeddings(embed_dir)
+    item_ids = split.items["item_id"].astype(str).tolist()
+    candidate_dir = train_dir / "model"
+    if _item_ids(candidate_dir) != item_ids:
+        raise DataError(
+            f"{candidate_dir}: trained on another catalog than {split_dir}; re-run train"
+        )
+    digest = model_digest(candidate_dir)
+    candidate = load_model(candidate_dir)
+    models: dict[str, dict[str, Any]] = {
+        "candidate": {
+            "label": f"candidate ({candidate.name})",
+            **_protocol(LenientScorer(candidate), split, params, emb),
+        }
+    }
+    champion = _evaluate_champion(params, split, emb, digest)
+    if champion is not None:
+        models["champion"] = champion
+    for name, path in _model_dirs(train_dir / "baselines").items():
+        models[f"baseline:{name}"] = {
+            "label": f"baseline {name}",
+            **_protocol(LenientScorer(load_model(path)), split, params, emb),
+        }
+    replicas = {
+        name: _protocol(LenientScorer(load_model(path)), split, params, emb)
+        for name, path in _model_dirs(train_dir / "replicas").items()
+    }
+    counts = split.items.sort_values("item_idx")["n_train"].to_numpy(dtype=np.float64)
+    bins = min(params.evaluate.popularity_bins, split.n_items)
+    comparison = {
+        "stage": params.evaluate.stage,
+        "candidate_digest": digest,
+        "models": models,
+        "catalog_popularity_curve": M.catalog_popularity_curve(counts, bins).tolist(),
+        "seeds": _seed_summary(models["candidate"], replicas),
+    }
+    comparison = _clean(comparison)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / COMPARISON_FILE, comparison)
+    write_json(out_dir / "metrics.json", _metrics(comparison))
+    _write_slices_csv(out_dir / "slices.csv", comparison)
+    _write_curve_csv(out_dir / "popularity_curve.csv", comparison)
+    write_report(comparison, out_dir / "report.png")
+    _log_to_mlflow(params, train_dir, out_dir, comparison)
+    return _summary(comparison)
+
+
+def _seed_summary(candidate: dict[str, Any], replicas: dict[str, dict]) -> dict[str, Any]:
+    runs = [candidate] + list(replicas.values())
+    stats = aggregate_seeds([{"overall": r["overall"], "slices": r["slices"]} for r in runs])
+    return {"n": len(runs), "replicas": sorted(replicas), **stats}
+
+
+def _metrics(comparison: dict[str, Any]) -> dict[str, Any]:
+    """The DVC metrics file: the candidate in full, other models by their headline numbers."""
+    models = comparison["models"]
+    cand = models["candidate"]
+    out: dict[str, Any] = {
+        "stage": comparison["stage"],
+        "candidate": {"overall": cand["overall"], "slices": cand["slices"]},
+    }
+    if comparison["seeds"]["n"] > 1:
+        out["seeds"] = comparison["seeds"]
+    if "champion" in models:
+        champ = models["champion"]
+        out["champion"] = {
+            "version": champ["champion"]["version"],
+            **{k: champ["overall"].get(k) for k in HEADLINE},
+        }
+    out["baselines"] = {
+        key.removeprefix("baseline:"): {k: m["overall"].get(k) for k in HEADLINE}
+        for key, m in models.items()
+        if key.startswith("baseline:")
+    }
+    return out
+
+
+def _write_slices_csv(path: Path, comparison: dict[str, Any]) -> None:
+    rows = []
+    for key, m in comparison["models"].items():
+        groups = {"overall": m["overall"], **m["slices"]}
+        for slice_name, values in groups.items():
+            metric = "recall@10" if slice_name == "cold_items" else "ndcg@10"
+            rows.append(
+                {"model": key, "slice": slice_name, "metric": metric, "value": values.get(metric)}
+            )
+    _write_csv(path, rows, ["model", "slice", "metric", "value"])
+
+
+def _write_curve_csv(path: Path, comparison: dict[str, Any]) -> None:
+    rows = [
+        {"bin": i + 1, "model": "catalog", "share": v}
+        for i, v in enumerate(comparison["catalog_popularity_curve"])
+    ]
+    for key, m in comparison["models"].items():
+        rows += [
+            {"bin": i + 1, "model": key, "share": v} for i, v in enumerate(m["popularity_curve"])
+        ]
+    _write_csv(path, rows, ["bin", "model", "share"])
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _log_to_mlflow(
+    params: Params, train_dir: Path, out_dir: Path, comparison: dict[str, Any]
+) -> None:
+    """Log the candidate's metrics and the report to its training run, when it has one."""
+    run_file = train_dir / RUN_FILE
+    run_id = json.loads(run_file.read_text()).get("mlflow_run_id") if run_file.is_file() else None
+    if not run_id:
+        log.warning("%s has no MLflow run id: metrics not logged to MLflow", run_file)
+        return
+    import mlflow
+    from mlflow import MlflowClient
+
+    from lmrec.train.tracking import flatten
+
+    uri = tracking_uri(params.train.mlflow.tracking_uri)
+    client = MlflowClient(tracking_uri=uri)
+    stage = comparison["stage"]
+    cand = comparison["models"]["candidate"]
+    values = flatten({"overall": cand["overall"], "slices": cand["slices"]})
+    try:
+        client.log_batch(
+            run_id,
+            metrics=[
+                mlflow.entities.Metric(f"{stage}.{k}".replace("@", "_at_"), float(v), 0, 0)
+                for k, v in values.items()
+                if isinstance(v, int | float) and math.isfinite(v)
+            ],
+        )
+        for name in ("report.png", COMPARISON_FILE):
+            client.log_artifact(run_id, str(out_dir / name), "evaluation")
+    except Exception as err:  # MLflow raises many types; the evaluation itself is done
+        raise LmrecError(
+            f"MLflow at {uri!r}: cannot log the evaluation to run {run_id}: {err}"
+        ) from err
+
+
+def _clean(value: Any) -> Any:
+    """Round floats to 6 places and turn NaN/inf into None (valid, stable JSON)."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return round(float(value), 6) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _summary(comparison: dict[str, Any]) -> dict[str, Any]:
+    stage = comparison["stage"]
+    out = {}
+    for m in comparison["models"].values():
+        ndcg = m["overall"].get("ndcg@10")
+        cold = m["slices"]["cold_items"].get("recall@10")
+        out[m["label"]] = f"{stage} ndcg@10 {ndcg}  cold recall@10 {cold}"
+    seeds = comparison["seeds"]
+    if seeds["n"] > 1:
+        ndcg = seeds["overall"]["ndcg@10"]
+        out[f"candidate over {seeds['n']} seeds"] = (
+            f"ndcg@10 {ndcg['mean']:.4f} ± {ndcg['std']:.4f}"
+        )
+    return out

@@ -1,0 +1,101 @@
+"""Gate stage: decide whether the evaluated candidate may be registered and promoted.
+
+Reads the evaluate stage's ``comparison.json`` (candidate, champion, baselines on the same
+split), measures the candidate's scoring latency on this machine, runs every check of the
+``gate`` params block (``lmrec.registry.gate``) and writes ``gate.json``:
+
+    {"passed": bool, "exit_code": 0 | 4, "candidate_digest": ..., "champion_version": ...,
+     "checks": [{"check": ..., "status": "pass" | "fail" | "skip", "reason": ...}],
+     "latency": {"p50_ms": ..., "p95_ms": ..., "requests": ...}}
+
+``lmrec gate`` exits 0 when the candidate passes and ``REFUSED_EXIT_CODE`` (4) when it is
+refused, so ``dvc repro`` stops before register and Airflow can tell a refusal from a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmrec.config import LatencyParams, Params
+from lmrec.features.dataset import SplitData, load_split
+from lmrec.io import DataError, write_json
+from lmrec.models.base import Recommender
+from lmrec.models.registry import load_model
+from lmrec.registry import gate
+from lmrec.registry.store import model_digest
+from lmrec.stages.evaluate import COMPARISON_FILE
+
+GATE_FILE = "gate.json"
+
+
+def measure_latency(model: Recommender, split: SplitData, cfg: LatencyParams) -> dict[str, float]:
+    """Time single-request ``recommend`` calls (one user's history, top-k) on this machine.
+
+    Requests cycle through the users' test-time histories in user order (deterministic);
+    the first ``cfg.warmup`` calls are not timed.
+    """
+    users = [u for u in range(split.n_users) if len(split.history_for(u, "test"))] or [0]
+    k = min(cfg.k, model.n_items)
+    timings = []
+    for i in range(cfg.warmup + cfg.requests):
+        history = split.history_for(users[i % len(users)], "test")
+        start = time.perf_counter()
+        model.recommend(history, k)
+        if i >= cfg.warmup:
+            timings.append((time.perf_counter() - start) * 1000)
+    arr = np.asarray(timings)
+    return {
+        "p50_ms": round(float(np.percentile(arr, 50)), 3),
+        "p95_ms": round(float(np.percentile(arr, 95)), 3),
+        "requests": len(timings),
+    }
+
+
+def run(params: Params, eval_dir: Path, train_dir: Path, split_dir: Path, out_dir: Path) -> dict:
+    """Run the gate; write ``gate.json``; return it (``passed`` says the verdict)."""
+    comparison_file = eval_dir / COMPARISON_FILE
+    if not comparison_file.is_file():
+        raise DataError(f"{comparison_file}: not found; run the evaluate stage first")
+    comparison = json.loads(comparison_file.read_text())
+    model_dir = train_dir / "model"
+    digest = model_digest(model_dir)
+    if comparison.get("candidate_digest") != digest:
+        raise DataError(
+            f"{comparison_file}: evaluates another model than {model_dir}; re-run evaluate"
+        )
+    models = comparison["models"]
+    baselines = {
+        k.removeprefix("baseline:"): v for k, v in models.items() if k.startswith("baseline:")
+    }
+    champion = None
+    champion_info: dict[str, Any] = {}
+    if "champion" in models:
+        champion_info = models["champion"]["champion"]
+        champion = gate.Reference(models["champion"]["label"], models["champion"])
+    latency = measure_latency(load_model(model_dir), load_split(split_dir), params.gate.latency)
+    results = gate.run_checks(
+        params.gate,
+        models["candidate"],
+        baselines,
+        champion,
+        champion_is_candidate=bool(champion_info.get("is_candidate")),
+        latency_p95_ms=latency["p95_ms"],
+    )
+    ok = gate.passed(results)
+    report = {
+        "passed": ok,
+        "exit_code": 0 if ok else gate.REFUSED_EXIT_CODE,
+        "stage": comparison["stage"],
+        "candidate_digest": digest,
+        "champion_version": champion_info.get("version"),
+        "candidate_is_champion": bool(champion_info.get("is_candidate")),
+        "checks": [r.to_dict() for r in results],
+        "latency": latency,
+    }
+    write_json(out_dir / GATE_FILE, report)
+    return report
