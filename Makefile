@@ -7,7 +7,7 @@ AIRFLOW_VENV := .venv-airflow
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-fast bench-setup bench lint format lock clean
+.PHONY: help setup demo test test-fast mlflow-ui bench-setup bench lint format lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,13 +34,20 @@ demo: setup  ## ingest MovieLens-100K, snapshot it with DVC, run the pipeline
 	 echo "GX data docs:      artifacts/validation/data_docs/index.html"; \
 	 echo "Split:             artifacts/preprocess/ (summary.json)"; \
 	 echo "Model:             artifacts/train/model/ (metrics: artifacts/train/metrics.json)"; \
-	 echo "MLflow runs:       mlflow ui --backend-store-uri sqlite:///mlflow.db"
+	 echo "Evaluation:        artifacts/evaluate/report.png (metrics.json, comparison.json)"; \
+	 echo "Gate verdict:      artifacts/gate/gate.json"; \
+	 echo "Registry:          lmrec versions   (MLflow UI: make mlflow-ui)"
 
 test: setup  ## run the whole test suite
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-fast: setup  ## skip the slow (real DVC / subprocess) tests
 	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+
+MLFLOW_PORT ?= 5000
+mlflow-ui: setup  ## the MLflow UI on the local store (runs, reports, versions): http://127.0.0.1:$(MLFLOW_PORT)
+	$(VENV)/bin/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} \
+	  --default-artifact-root ./mlruns --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 bench-setup: setup  ## install the benchmark peers: .[bench] into .venv, RecBole into .venv-recbole
 	$(VENV)/bin/pip install --quiet -e ".[bench]"

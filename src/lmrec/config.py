@@ -173,6 +173,8 @@ class GateCheck(Block):
         extra = sorted(k for k, v in wrong.items() if v is not None)
         if extra:
             raise ValueError(f"{self.metric} against {self.against}: {extra} do not apply")
+        if None not in (self.min, self.max) and self.min > self.max:
+            raise ValueError(f"{self.metric}: min {self.min} > max {self.max} refuses everything")
         if self.baselines and self.against != "baselines":
             raise ValueError(f"{self.metric}: 'baselines' only applies against baselines")
         return self

@@ -1,4 +1,5 @@
-"""The pipeline (data stages, embed, train) under real DVC, on the tiny profile.
+"""The pipeline (data stages, embed, train, evaluate, gate, register) under real DVC, on
+the tiny profile, with the real MLflow SQLite registry.
 
 A throwaway workspace gets the project's dvc.yaml, the stage sources it lists as deps,
 and profiles/tiny.yaml as its params.yaml; then `lmrec ingest --snapshot` and
@@ -15,6 +16,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
+from lmrec.registry.store import Registry
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -61,18 +64,40 @@ def test_ingest_then_repro_then_noop(workspace):
     assert "Running stage 'train'" in first.stdout and "model written to" in first.stdout
     assert (workspace / "artifacts/train/model/weights.safetensors").exists()
     assert (workspace / "mlflow.db").exists()  # the default SQLite tracking store
+    for stage in ("evaluate", "gate", "register"):
+        assert f"Running stage '{stage}'" in first.stdout
+    assert "gate passed" in first.stdout
+    metrics = json.loads((workspace / "artifacts/evaluate/metrics.json").read_text())
+    assert metrics["candidate"]["overall"]["ndcg@10"] > 0.3
+    assert (workspace / "artifacts/evaluate/report.png").stat().st_size > 10_000
+    record = json.loads((workspace / "artifacts/register/registration.json").read_text())
+    assert record["version"] == 1 and record["aliases"] == ["champion"]
+    assert Registry(f"sqlite:///{workspace}/mlflow.db", "lmrec").alias("champion").number == 1
     train_out = _lock_out(workspace, "train")
     # Training is deterministic: forcing the stage again reproduces the same model hash.
     forced = _run(["dvc", "repro", "--force", "--single-item", "train"], workspace)
     assert "Running stage 'train'" in forced.stdout
     assert _lock_out(workspace, "train") == train_out
+    # evaluate always runs: the champion lives in the MLflow registry, outside DVC. Now the
+    # candidate is the champion, so its comparison changed and gate/register re-run; they
+    # find the candidate already registered and promoted and change nothing.
     second = _run(["dvc", "repro"], workspace)
-    assert "didn't change, skipping" in second.stdout
-    assert "Running stage" not in second.stdout
+    assert (
+        "Running stage 'evaluate'" in second.stdout and "Running stage 'train'" not in second.stdout
+    )
+    record = json.loads((workspace / "artifacts/register/registration.json").read_text())
+    assert record["version"] == 1 and not record["created"] and not record["promoted"]
+    # Nothing changed since: evaluate's outputs are identical, so gate and register skip.
+    again = _run(["dvc", "repro"], workspace)
+    assert "didn't change, skipping" in again.stdout
+    assert again.stdout.count("Running stage") == 1
+    assert "Running stage 'evaluate'" in again.stdout
+    assert "Stage 'gate' didn't change" in again.stdout
+    assert "Stage 'register' didn't change" in again.stdout
     # A params change reruns only what depends on it.
     params = (workspace / "params.yaml").read_text()
     (workspace / "params.yaml").write_text(params.replace("tiebreak_seed: 42", "tiebreak_seed: 43"))
-    third = _run(["dvc", "repro"], workspace)
+    third = _run(["dvc", "repro", "train"], workspace)
     assert "Stage 'validate' didn't change" in third.stdout
     assert "Running stage 'preprocess'" in third.stdout
     # items.parquet carries split columns (n_train), so a new tie-break changes its bytes and

@@ -83,7 +83,7 @@ def failed_reasons(verdict: dict) -> list[str]:
 
 
 def test_gate_refuses_worse_candidates_promotes_better_and_rolls_back(ws):
-    first = write_params(ws, "first", sequential={"epochs": 6})
+    first = write_params(ws, "first", sequential={"epochs": 6}, extra_seeds=[1])
     better = write_params(ws, "better")  # the tiny profile's 20 epochs
     scarce = write_params(ws, "scarce", data_fraction=0.05)
     split = load_split(ws / "artifacts/preprocess")
@@ -97,6 +97,17 @@ def test_gate_refuses_worse_candidates_promotes_better_and_rolls_back(ws):
     assert skipped and all("no champion yet" in c["reason"] for c in skipped)
     ok(lmrec(ws, "register", first))
     assert champion_number(ws) == 1
+    # The evaluation reached the candidate's MLflow run: test metrics and the PNG report.
+    run_id = json.loads((ws / "artifacts/train/run.json").read_text())["mlflow_run_id"]
+    client = registry(ws).client
+    assert client.get_run(run_id).data.metrics["test.overall.ndcg_at_10"] > 0.3
+    logged = {a.path for a in client.list_artifacts(run_id, "evaluation")}
+    assert logged == {"evaluation/report.png", "evaluation/comparison.json"}
+    assert registry(ws).version(1).tags["git_commit"]
+    assert registry(ws).version(1).tags["params_sha256"]
+    seeds = json.loads((ws / "artifacts/evaluate/metrics.json").read_text())["seeds"]
+    assert seeds["n"] == 2 and seeds["replicas"] == ["seed_1"]
+    assert seeds["overall"]["ndcg@10"]["n"] == 2 and seeds["overall"]["ndcg@10"]["std"] > 0
     v1_scores = load_model(ws / "artifacts/train/model").score(probe)
 
     # 2. A model trained on 5% of the users: refused against the champion.

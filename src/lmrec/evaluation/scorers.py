@@ -63,6 +63,8 @@ class CatalogScorer:
         out[:, self.known] = raw[:, self.to_model[self.known]]
         if self.n_unknown:
             finite = np.where(np.isfinite(raw), raw, np.inf).min(axis=1, initial=np.inf)
-            floor = np.where(np.isfinite(finite), finite, 0.0) - 1.0
+            floor = (np.where(np.isfinite(finite), finite, 0.0) - 1.0).astype(np.float32)
+            # strictly below even where float32 cannot represent "- 1.0" (|score| > 2**24)
+            floor = np.nextafter(floor, np.float32(-np.inf))
             out[:, ~self.known] = floor[:, None]
         return out

@@ -194,9 +194,10 @@ def _finish(
     for name, (baseline, _, _) in baselines.items():
         _save_with_ids(baseline, out_dir / "baselines" / name, split)
     replica_names = {f"seed_{seed}": r for seed, r in replicas.items()}
-    (out_dir / "replicas").mkdir(parents=True, exist_ok=True)
     for name, replica in replica_names.items():
         _save_with_ids(replica.model, out_dir / "replicas" / name, split)
+    # Always written, so the DVC output exists (and is not an empty directory) without replicas.
+    write_json(out_dir / "replicas" / "seeds.json", {"seeds": sorted(replicas)})
     # Stale models from an earlier params set must not linger next to the new ones.
     _remove_stale(out_dir / "baselines", set(baselines))
     _remove_stale(out_dir / "replicas", set(replica_names))

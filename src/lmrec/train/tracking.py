@@ -127,7 +127,7 @@ class Tracker:
         with warnings.catch_warnings():
             # An input example would make MLflow load and run the model at logging time;
             # the signature already documents the input.
-            warnings.filterwarnings("ignore", message="An input example was not provided")
+            warnings.filterwarnings("ignore", message=".*An input example was not provided")
             info = self._mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(PYFUNC_CODE),
