@@ -424,5 +424,84 @@ def versions(params: ParamsOpt = Path("params.yaml")) -> None:
         typer.echo(f"  v{v.number:<4} {aliases:<20} ndcg@10 {ndcg}  run {v.run_id}{rolled}")
 
 
+@app.command()
+def package(
+    split: SplitOpt = Path("artifacts/preprocess"),
+    embeddings: Annotated[
+        Path, typer.Option(help="embedding directory (text vectors for similar items).")
+    ] = Path("artifacts/embed"),
+    out: Annotated[
+        Path, typer.Option(help="output: bundles/<alias>/, package.json, bentofile.yaml.")
+    ] = Path("artifacts/package"),
+    bentofile: Annotated[Path, typer.Option(help="the Bento build file.")] = Path("bentofile.yaml"),
+    build: Annotated[bool, typer.Option(help="run `bentoml build` after importing.")] = True,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Package the registry's champion (and challenger) for serving.
+
+    Resolves the aliases to MLflow versions, builds a serving bundle for each (weights,
+    config, id maps, catalog, user histories, item vectors), imports it into the BentoML
+    model store (lmrec-champion / lmrec-challenger) and builds the Bento.
+    """
+    from lmrec.config import load_params
+    from lmrec.stages import package as stage
+
+    try:
+        record = stage.run(
+            load_params(params), split, embeddings, out, bentofile if build else None
+        )
+    except LmrecError as err:
+        raise _fail(err) from None
+    _show(f"packaged ({out}/package.json)", stage.summary(record))
+
+
+@app.command()
+def bundle(
+    model: Annotated[Path, typer.Option(help="a saved lmrec model directory.")] = Path(
+        "artifacts/train/model"
+    ),
+    split: SplitOpt = Path("artifacts/preprocess"),
+    embeddings: Annotated[Path, typer.Option(help="embedding directory.")] = Path(
+        "artifacts/embed"
+    ),
+    out: Annotated[Path, typer.Option(help="bundle directory to write.")] = Path(
+        "artifacts/bundle"
+    ),
+    version: Annotated[str, typer.Option(help="version label the service reports.")] = "local",
+) -> None:
+    """Build a serving bundle straight from a model directory (no registry): for trying a
+    model locally with `LMREC_BUNDLE=<out> lmrec serve`."""
+    from lmrec.registry.store import model_digest
+    from lmrec.serving.bundle import build_bundle
+
+    try:
+        meta = {"version": version, "alias": "local", "digest": model_digest(model)}
+        info = build_bundle(model, split, embeddings, out, meta)
+    except LmrecError as err:
+        raise _fail(err) from None
+    _show(f"bundle written to {out}/", {k: v for k, v in info.items() if k != "digest"})
+
+
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 3000,
+    host: Annotated[str, typer.Option(help="interface to bind.")] = "127.0.0.1",
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Serve the packaged champion (`bentoml serve lmrec.serving.service:LmrecService`).
+
+    Environment: LMREC_BUNDLE (serve a bundle directory instead of the packaged model),
+    LMREC_API_TOKEN (require a bearer token), LMREC_FEEDBACK_DB (feedback store path).
+    """
+    import os
+    import shutil
+
+    bentoml_bin = shutil.which("bentoml") or str(Path(sys.executable).parent / "bentoml")
+    if params.is_file():
+        os.environ.setdefault("LMREC_PARAMS", str(params.resolve()))
+    cmd = [bentoml_bin, "serve", "lmrec.serving.service:LmrecService"]
+    os.execv(bentoml_bin, [*cmd, "--host", host, "--port", str(port)])
+
+
 if __name__ == "__main__":
     app()

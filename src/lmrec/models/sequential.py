@@ -517,19 +517,44 @@ class SequentialRecommender(Recommender):
             self.item_embeddings = embedded.cpu().numpy()
 
     @torch.no_grad()
-    def _score(self, histories: list[np.ndarray]) -> np.ndarray:
+    def item_matrix(self) -> np.ndarray:
+        """Every item's output vector ``[n_items, dim]``: score = user vector · item vector."""
+        self._require_fitted()
+        if self._item_cache is None:
+            self.net.eval()
+            self._item_cache = self.net.item_vectors()
+        return self._item_cache.float().cpu().numpy()
+
+    @torch.no_grad()
+    def user_vectors(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        """The user vector ``[len(histories), dim]`` of each ordered history (serving's
+        two-tower path: an inner-product index over ``item_matrix``)."""
+        n_items = self._require_fitted()
+        checked = [self._check_history(h, n_items) for h in histories]
+        return self._user_vectors(checked).float().cpu().numpy()
+
+    def _user_vectors(self, histories: list[np.ndarray]) -> torch.Tensor:
         net = self.net
         net.eval()
         device = net.bos.device
-        if self._item_cache is None:
-            self._item_cache = net.item_vectors()
-        out = np.empty((len(histories), self.n_items), dtype=np.float32)
+        out = []
         for start in range(0, len(histories), _SCORE_CHUNK):
             chunk = histories[start : start + _SCORE_CHUNK]
             tokens, lengths = history_tokens(chunk, self.params.max_len)
             hidden = net.encode(torch.from_numpy(tokens).to(device))
             last = torch.from_numpy(lengths - 1).to(device)
-            users = hidden[torch.arange(len(chunk), device=device), last]
+            out.append(hidden[torch.arange(len(chunk), device=device), last])
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def _score(self, histories: list[np.ndarray]) -> np.ndarray:
+        if self._item_cache is None:
+            self.net.eval()
+            self._item_cache = self.net.item_vectors()
+        out = np.empty((len(histories), self.n_items), dtype=np.float32)
+        for start in range(0, len(histories), _SCORE_CHUNK):
+            chunk = histories[start : start + _SCORE_CHUNK]
+            users = self._user_vectors(chunk)
             out[start : start + len(chunk)] = (users @ self._item_cache.T).cpu().numpy()
         return out
 

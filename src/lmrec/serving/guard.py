@@ -1,0 +1,118 @@
+"""ASGI middleware in front of the API: bearer-token auth and a request-body size limit.
+
+- Auth: when the environment variable named by ``token_env`` is set, every request except
+  the open paths (``/livez``, ``/readyz``, ``/metrics``, ``/healthz``, the docs and the
+  OpenAPI spec) needs ``Authorization: Bearer <token>``; otherwise 401 with a JSON message.
+  Tokens are compared in constant time.
+- Size: a body over ``max_body_bytes`` gets 413, whether it declares its length or streams.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/"})
+OPEN_PREFIXES = ("/docs", "/static_content")
+
+
+class BodyTooLarge(Exception):
+    """Raised inside the wrapped app's receive() when the streamed body passes the limit."""
+
+
+async def _reply(send: Send, status: int, message: str, headers: list | None = None) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class GuardMiddleware:
+    """Auth + body limit around an ASGI app (BentoML's ``add_asgi_middleware``)."""
+
+    def __init__(self, app: Callable, token_env: str, max_body_bytes: int) -> None:
+        self.app = app
+        self.token_env = token_env
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        is_open = path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+        token = os.environ.get(self.token_env)
+        if token and not is_open and not self._authorized(scope, token):
+            await _reply(
+                send,
+                401,
+                "missing or wrong bearer token (send 'Authorization: Bearer <token>')",
+                [(b"www-authenticate", b"Bearer")],
+            )
+            return
+        declared = self._content_length(scope)
+        if declared is not None and declared > self.max_body_bytes:
+            await _reply(send, 413, self._too_large(declared))
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await _reply(send, 413, self._too_large(received))
+
+    def _too_large(self, size: int) -> str:
+        return f"request body of {size} bytes is over the limit of {self.max_body_bytes} bytes"
+
+    @staticmethod
+    def _content_length(scope: Scope) -> int | None:
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    return int(value)
+                except ValueError:
+                    return None
+        return None
+
+    @staticmethod
+    def _authorized(scope: Scope, token: str) -> bool:
+        for name, value in scope.get("headers", []):
+            if name == b"authorization":
+                scheme, _, given = value.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer":
+                    return hmac.compare_digest(given.strip().encode(), token.encode())
+        return False

@@ -1,0 +1,136 @@
+"""Package stage: the registry's champion (and challenger) -> BentoML models -> a Bento.
+
+1. Resolve the aliases to concrete MLflow versions and download them.
+2. Build a serving bundle for each (``lmrec.serving.bundle``) under ``out_dir/bundles/``.
+3. Import each bundle into the BentoML model store as ``lmrec-champion`` /
+   ``lmrec-challenger`` with version ``v<N>-<digest8>`` and labels (alias, version, digest);
+   the imported model becomes ``:latest``, which is what the service loads. A stale
+   ``lmrec-challenger`` is removed when there is no challenger any more.
+4. ``bentoml build`` a Bento from ``bentofile.yaml`` with those exact model versions.
+
+Idempotent: a bundle already imported as the newest model of its name is not imported
+again. Writes ``out_dir/package.json`` (versions, BentoML tags, Bento tag).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmrec.config import Params
+from lmrec.io import LmrecError, write_json
+from lmrec.registry.store import CHALLENGER, CHAMPION, Registry
+from lmrec.serving.bundle import build_bundle
+from lmrec.train.tracking import tracking_uri
+
+BENTO_MODELS = {CHAMPION: "lmrec-champion", CHALLENGER: "lmrec-challenger"}
+PACKAGE_FILE = "package.json"
+
+
+def _store_models(name: str) -> list[Any]:
+    import bentoml
+
+    return sorted(
+        (m for m in bentoml.models.list() if m.tag.name == name),
+        key=lambda m: m.info.creation_time,
+    )
+
+
+def import_bundle(bundle_dir: Path, name: str, labels: dict[str, str]) -> str:
+    """Copy a bundle into the BentoML model store as the newest ``name``; return its tag."""
+    import bentoml
+
+    version = f"v{labels['version']}-{labels['digest'][:8]}"
+    existing = _store_models(name)
+    if existing and existing[-1].tag.version == version:
+        return str(existing[-1].tag)
+    for model in existing:  # an older import of the same version: re-import it as newest
+        if model.tag.version == version:
+            bentoml.models.delete(model.tag)
+    with bentoml.models.create(f"{name}:{version}", labels=labels, metadata=labels) as model:
+        shutil.copytree(bundle_dir, model.path, dirs_exist_ok=True)
+    return f"{name}:{version}"
+
+
+def remove_models(name: str) -> int:
+    import bentoml
+
+    models = _store_models(name)
+    for model in models:
+        bentoml.models.delete(model.tag)
+    return len(models)
+
+
+def build_bento(bentofile: Path, model_tags: list[str], out_dir: Path, version: str) -> str:
+    """``bentoml build`` with the repo's bentofile plus the exact model tags; the build
+    context is the ``src/`` directory beside the bentofile (the package's source)."""
+    import bentoml
+
+    config = yaml.safe_load(bentofile.read_text())
+    config["models"] = model_tags
+    resolved = out_dir / "bentofile.yaml"
+    resolved.write_text(yaml.safe_dump(config, sort_keys=False))
+    build_ctx = (bentofile.parent / "src").resolve()
+    bento = bentoml.bentos.build_bentofile(
+        str(resolved.resolve()), build_ctx=str(build_ctx), version=version
+    )
+    return str(bento.tag)
+
+
+def run(
+    params: Params,
+    split_dir: Path,
+    embed_dir: Path,
+    out_dir: Path,
+    bentofile: Path | None = Path("bentofile.yaml"),
+) -> dict[str, Any]:
+    """Package the champion (and challenger); build the Bento unless ``bentofile`` is None."""
+    registry = Registry(tracking_uri(params.train.mlflow.tracking_uri), params.register.model_name)
+    record: dict[str, Any] = {"model_name": registry.name, "models": {}}
+    tags = []
+    for alias in (CHAMPION, CHALLENGER):
+        version = registry.alias(alias)
+        if version is None:
+            if alias == CHAMPION:
+                raise LmrecError(
+                    f"model {registry.name!r} has no champion in {registry.uri}: run the "
+                    "pipeline through register (`dvc repro`) or `lmrec promote` first"
+                )
+            removed = remove_models(BENTO_MODELS[alias])
+            record["models"][alias] = {"version": None, "stale_removed": removed}
+            continue
+        labels = {
+            "alias": alias,
+            "version": str(version.number),
+            "digest": version.digest or "unknown",
+            "model_name": registry.name,
+            "mlflow_run_id": str(version.run_id),
+        }
+        bundle_dir = out_dir / "bundles" / alias
+        with tempfile.TemporaryDirectory(prefix="lmrec-package-") as tmp:
+            model_dir = registry.download(version.number, tmp)
+            info = build_bundle(model_dir, split_dir, embed_dir, bundle_dir, labels)
+        tag = import_bundle(bundle_dir, BENTO_MODELS[alias], labels)
+        tags.append(tag)
+        record["models"][alias] = {"version": version.number, "bentoml_model": tag, **info}
+    if bentofile is not None:
+        champion = record["models"][CHAMPION]
+        bento_version = tags[0].split(":")[1]
+        record["bento"] = build_bento(bentofile, tags, out_dir, bento_version)
+        record["bento_version_of"] = f"champion v{champion['version']}"
+    write_json(out_dir / PACKAGE_FILE, record)
+    return record
+
+
+def summary(record: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for alias, info in record["models"].items():
+        found = info.get("version")
+        out[alias] = f"version {found} -> {info['bentoml_model']}" if found else "none"
+    if "bento" in record:
+        out["bento"] = record["bento"]
+    return out
