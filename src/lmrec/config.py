@@ -51,10 +51,19 @@ class ColumnMap(Block):
     categories: str | None = "categories"
 
 
+class FeedbackSourceParams(Block):
+    """The ``feedback`` source: events the service stored, on the catalog they refer to."""
+
+    db: str = "feedback/feedback.db"
+    items: str = "data/items.parquet"
+    events: list[str] | None = Field(None, min_length=1)
+
+
 class IngestParams(Block):
-    source: Literal["movielens-100k", "csv", "parquet", "synthetic"] = "movielens-100k"
+    source: Literal["movielens-100k", "csv", "parquet", "synthetic", "feedback"] = "movielens-100k"
     movielens: MovieLensParams = MovieLensParams()
     synthetic: SyntheticParams = SyntheticParams()
+    feedback: FeedbackSourceParams = FeedbackSourceParams()
     columns: ColumnMap = ColumnMap()
     default_event: str = "interaction"
 
@@ -200,6 +209,22 @@ class RegisterParams(Block):
     auto_promote: bool = True
 
 
+class ServeParams(Block):
+    """The HTTP service (src/lmrec/serving): limits, index, A/B split, feedback store."""
+
+    max_k: int = Field(100, ge=1)
+    max_history: int = Field(1000, ge=1)
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    faiss_min_items: int = Field(50_000, ge=1)
+    faiss_hnsw_m: int = Field(32, ge=4)
+    faiss_ef_search: int = Field(128, ge=8)
+    candidate_pool: int = Field(200, ge=10)
+    quantize_int8: bool = False
+    challenger_share: float = Field(0.0, ge=0, le=1)
+    ab_salt: str = "lmrec-ab"
+    feedback_db: str = "feedback/feedback.db"
+
+
 class Params(Block):
     ingest: IngestParams = IngestParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
@@ -209,6 +234,7 @@ class Params(Block):
     evaluate: EvaluateParams = EvaluateParams()
     gate: GateParams = GateParams()
     register_: RegisterParams = Field(RegisterParams(), alias="register")
+    serve: ServeParams = ServeParams()
 
     model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from lmrec.config import IngestParams
-from lmrec.data import movielens, synthetic, tabular
+from lmrec.data import feedback, movielens, synthetic, tabular
 from lmrec.io import LmrecError, atomic_dir
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ def load_source(cfg: IngestParams, inputs: IngestInputs) -> tuple[pd.DataFrame, 
     if cfg.source == "synthetic":
         interactions, items, _ = synthetic.generate(cfg.synthetic)
         return interactions, items
+    if cfg.source == "feedback":
+        return feedback.load(cfg.feedback)
     if inputs.interactions is None or inputs.items is None:
         raise LmrecError(f"--source {cfg.source} needs both --interactions and --items paths")
     return tabular.load(inputs.interactions, inputs.items, cfg.columns, cfg.default_event)

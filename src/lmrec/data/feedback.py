@@ -1,0 +1,168 @@
+"""The feedback log: its SQLite schema and the ``feedback`` ingest source reading it.
+
+The service appends events to this log (``lmrec.serving.feedback.FeedbackStore``); the
+next ingest turns them into contract tables, on the catalog the events refer to (the
+previous snapshot's ``items.parquet``), so retraining learns from what users did with
+the served recommendations. The schema lives here, in the lower layer, so the writer
+(serving) and the reader (this source) share one definition.
+
+Unlike the other sources this one drops rows, and counts what it drops: events for items
+missing from the catalog (validation would refuse the whole snapshot for them), events
+not in ``events`` when that filter is set, and repeats of the same (user, item, event)
+within one second, which the contract's whole-second timestamps cannot tell apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lmrec.config import FeedbackSourceParams
+from lmrec.data.contract import interactions_frame, items_frame
+from lmrec.io import DataError, read_table, strings_as_object
+
+log = logging.getLogger(__name__)
+
+TABLE = "feedback_events"
+EVENT_FIELDS = (
+    "user_id", "item_id", "event", "timestamp", "request_id", "model_version", "variant",
+)  # fmt: skip
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    timestamp REAL NOT NULL,
+    request_id TEXT,
+    model_version TEXT,
+    variant TEXT
+);
+CREATE TRIGGER IF NOT EXISTS {TABLE}_no_update BEFORE UPDATE ON {TABLE}
+BEGIN SELECT RAISE(ABORT, '{TABLE} is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS {TABLE}_no_delete BEFORE DELETE ON {TABLE}
+BEGIN SELECT RAISE(ABORT, '{TABLE} is append-only'); END;
+"""
+
+
+@dataclass(frozen=True)
+class FeedbackStats:
+    """What the source read and what it dropped (logged at ingest)."""
+
+    events_read: int
+    dropped_event_filter: int
+    dropped_unknown_item: int
+    dropped_duplicate: int
+    kept: int
+
+
+def events_query(since_seq: int = 0, limit: int | None = None) -> tuple[str, tuple]:
+    """The SELECT (and its parameters) of events after ``since_seq``, oldest first."""
+    sql = f"SELECT seq, {', '.join(EVENT_FIELDS)} FROM {TABLE} WHERE seq > ? ORDER BY seq"
+    if limit is None:
+        return sql, (since_seq,)
+    return sql + " LIMIT ?", (since_seq, limit)
+
+
+def rows_frame(rows: list[tuple]) -> pd.DataFrame:
+    """Rows of :func:`events_query` as a frame (strings as ``object``, missing as None)."""
+    frame = pd.DataFrame.from_records(rows, columns=["seq", *EVENT_FIELDS])
+    return strings_as_object(frame.astype({"seq": "int64", "timestamp": "float64"}))
+
+
+def read_events(db: Path) -> pd.DataFrame:
+    """Every event in the log at ``db``, read-only (the service may be writing to it).
+
+    Raises:
+        DataError: the file is missing, empty, not a feedback log, or holds no events.
+    """
+    if not db.exists():
+        raise DataError(f"{db}: feedback database not found")
+    if db.stat().st_size == 0:
+        raise DataError(f"{db}: feedback database is empty (0 bytes)")
+    try:
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            sql, args = events_query()
+            rows = conn.execute(sql, args).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as err:
+        raise DataError(f"{db}: cannot be read as a feedback log ({TABLE}): {err}") from err
+    if not rows:
+        raise DataError(f"{db}: feedback log holds no events")
+    return rows_frame(rows)
+
+
+def read_catalog(path: Path) -> pd.DataFrame:
+    """The contract items table the feedback refers to."""
+    raw = read_table(path)
+    missing = [c for c in ("item_id", "title") if c not in raw.columns]
+    if missing:
+        raise DataError(f"{path}: not a contract items table (missing column(s) {missing})")
+    if raw.empty:
+        raise DataError(f"{path}: item catalog has no rows")
+    return items_frame(
+        item_id=raw["item_id"],
+        title=raw["title"],
+        text=raw["text"] if "text" in raw.columns else None,
+        categories=raw["categories"] if "categories" in raw.columns else None,
+    )
+
+
+def to_contract(
+    events: pd.DataFrame, items: pd.DataFrame, keep_events: list[str] | None
+) -> tuple[pd.DataFrame, FeedbackStats]:
+    """Feedback events → a contract interactions table, plus counts of what was dropped.
+
+    Timestamps are floored to whole seconds; ``value`` is NaN (feedback has no rating).
+    """
+    read = len(events)
+    if keep_events is not None:
+        events = events[events["event"].isin(keep_events)]
+    by_filter = read - len(events)
+    known = events["item_id"].isin(set(items["item_id"]))
+    unknown = int((~known).sum())
+    events = events[known]
+    seconds = pd.Series(np.floor(events["timestamp"].to_numpy()).astype("int64"))
+    interactions = interactions_frame(
+        user_id=events["user_id"].reset_index(drop=True),
+        item_id=events["item_id"].reset_index(drop=True),
+        timestamp=seconds,
+        event=events["event"].reset_index(drop=True),
+        value=None,
+    )
+    repeat = interactions.duplicated(["user_id", "item_id", "timestamp", "event"])
+    interactions = interactions[~repeat].reset_index(drop=True)
+    stats = FeedbackStats(read, by_filter, unknown, int(repeat.sum()), len(interactions))
+    return interactions, stats
+
+
+def load(cfg: FeedbackSourceParams) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The feedback log at ``cfg.db`` on the catalog ``cfg.items``, as contract tables.
+
+    Raises:
+        DataError: a file is missing, empty or unreadable, or no event is left to ingest.
+    """
+    db, catalog = Path(cfg.db), Path(cfg.items)
+    items = read_catalog(catalog)
+    interactions, stats = to_contract(read_events(db), items, cfg.events)
+    if stats.dropped_unknown_item:
+        log.warning(
+            "%s: dropped %d feedback event(s) for items not in %s",
+            db,
+            stats.dropped_unknown_item,
+            catalog,
+        )
+    log.info("feedback source %s: %s", db, asdict(stats))
+    if not stats.kept:
+        raise DataError(
+            f"{db}: no feedback event left to ingest ({asdict(stats)}; "
+            f"events kept: {cfg.events or 'all'}; catalog: {catalog})"
+        )
+    return interactions, items
