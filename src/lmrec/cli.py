@@ -81,7 +81,8 @@ def ingest(
     source: Annotated[
         str | None,
         typer.Option(
-            help="movielens-100k | csv | parquet | synthetic | feedback. Default: params ingest.source."
+            help="movielens-100k | csv | parquet | synthetic | feedback. "
+            "Default: params ingest.source."
         ),
     ] = None,
     interactions: Annotated[
