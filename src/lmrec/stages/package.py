@@ -116,7 +116,7 @@ def run(
             info = build_bundle(model_dir, split_dir, embed_dir, bundle_dir, labels)
         tag = import_bundle(bundle_dir, BENTO_MODELS[alias], labels)
         tags.append(tag)
-        record["models"][alias] = {"version": version.number, "bentoml_model": tag, **info}
+        record["models"][alias] = {**info, "version": version.number, "bentoml_model": tag}
     if bentofile is not None:
         champion = record["models"][CHAMPION]
         bento_version = tags[0].split(":")[1]
