@@ -7,7 +7,7 @@ AIRFLOW_VENV := .venv-airflow
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-fast mlflow-ui bench-setup bench lint format lock clean
+.PHONY: help setup demo serve stop test test-fast mlflow-ui bench-setup bench lint format lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,16 +27,38 @@ $(AIRFLOW_VENV)/.installed: requirements/airflow.lock.txt
 	$(AIRFLOW_VENV)/bin/pip install --quiet -r requirements/airflow.lock.txt
 	@touch $@
 
-demo: setup  ## ingest MovieLens-100K, snapshot it with DVC, run the pipeline
+demo: setup  ## ingest MovieLens-100K, run the pipeline (train -> gate -> register -> package), serve it
 	lmrec ingest --snapshot
 	dvc repro
 	@echo; echo "Validation report: artifacts/validation/report.md"; \
-	 echo "GX data docs:      artifacts/validation/data_docs/index.html"; \
 	 echo "Split:             artifacts/preprocess/ (summary.json)"; \
 	 echo "Model:             artifacts/train/model/ (metrics: artifacts/train/metrics.json)"; \
 	 echo "Evaluation:        artifacts/evaluate/report.png (metrics.json, comparison.json)"; \
 	 echo "Gate verdict:      artifacts/gate/gate.json"; \
-	 echo "Registry:          lmrec versions   (MLflow UI: make mlflow-ui)"
+	 echo "Registry:          lmrec versions   (MLflow UI: make mlflow-ui)"; \
+	 echo "Bento:             artifacts/package/package.json"
+	@$(MAKE) --no-print-directory serve
+
+SERVE_PORT ?= 3000
+serve: setup  ## start the packaged champion in the background on SERVE_PORT and answer a sample request
+	@if [ -f artifacts/serve.pid ] && kill -0 $$(cat artifacts/serve.pid) 2>/dev/null; then \
+	  echo "already serving (pid $$(cat artifacts/serve.pid)); make stop first"; exit 0; fi; \
+	mkdir -p artifacts; \
+	setsid nohup lmrec serve --port $(SERVE_PORT) > artifacts/serve.log 2>&1 & echo $$! > artifacts/serve.pid; \
+	for i in $$(seq 1 120); do \
+	  [ "$$(curl -s -o /dev/null -w '%{http_code}' localhost:$(SERVE_PORT)/readyz)" = 200 ] && break; \
+	  grep -q "loading the model failed" artifacts/serve.log && break; sleep 1; \
+	done; \
+	if [ "$$(curl -s -o /dev/null -w '%{http_code}' localhost:$(SERVE_PORT)/readyz)" != 200 ]; then \
+	  echo "the service did not become ready; artifacts/serve.log says:"; grep -E "Error|error" artifacts/serve.log | tail -3; \
+	  $(MAKE) --no-print-directory stop; exit 1; fi; \
+	echo; echo "Service on http://localhost:$(SERVE_PORT) (log: artifacts/serve.log; stop: make stop)"; \
+	echo '$$ curl -X POST localhost:$(SERVE_PORT)/recommend -H "content-type: application/json" -d '"'"'{"user_id": "1", "k": 3, "explain": true}'"'"; \
+	curl -sf -X POST localhost:$(SERVE_PORT)/recommend -H 'content-type: application/json' \
+	  -d '{"user_id": "1", "k": 3, "explain": true}' | python3 -m json.tool
+
+stop:  ## stop the service started by make serve / make demo
+	@if [ -f artifacts/serve.pid ]; then kill -- -$$(cat artifacts/serve.pid) 2>/dev/null || kill $$(cat artifacts/serve.pid) 2>/dev/null; rm -f artifacts/serve.pid; echo stopped; else echo "not running"; fi
 
 test: setup  ## run the whole test suite
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

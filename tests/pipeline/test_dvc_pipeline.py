@@ -1,5 +1,5 @@
-"""The pipeline (data stages, embed, train, evaluate, gate, register) under real DVC, on
-the tiny profile, with the real MLflow SQLite registry.
+"""The pipeline (data stages, embed, train, evaluate, gate, register, package) under real
+DVC, on the tiny profile, with the real MLflow SQLite registry and BentoML store.
 
 A throwaway workspace gets the project's dvc.yaml, the stage sources it lists as deps,
 and profiles/tiny.yaml as its params.yaml; then `lmrec ingest --snapshot` and
@@ -37,10 +37,12 @@ def _lock_out(ws: Path, stage: str) -> str:
 
 
 @pytest.fixture()
-def workspace(tmp_path) -> Path:
+def workspace(tmp_path, monkeypatch) -> Path:
     ws = tmp_path / "ws"
     ws.mkdir()
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))  # the package stage's store
     shutil.copy(REPO / "dvc.yaml", ws / "dvc.yaml")
+    shutil.copy(REPO / "bentofile.yaml", ws / "bentofile.yaml")
     shutil.copy(REPO / "profiles" / "tiny.yaml", ws / "params.yaml")
     shutil.copytree(REPO / "src", ws / "src", ignore=shutil.ignore_patterns("__pycache__"))
     _run(["git", "init", "-q"], ws)
@@ -73,6 +75,9 @@ def test_ingest_then_repro_then_noop(workspace):
     record = json.loads((workspace / "artifacts/register/registration.json").read_text())
     assert record["version"] == 1 and record["aliases"] == ["champion"]
     assert Registry(f"sqlite:///{workspace}/mlflow.db", "lmrec").alias("champion").number == 1
+    assert "Running stage 'package'" in first.stdout
+    packaged = json.loads((workspace / "artifacts/package/package.json").read_text())
+    assert packaged["models"]["champion"]["version"] == 1 and packaged["bento"].startswith("lmrec:")
     train_out = _lock_out(workspace, "train")
     # Training is deterministic: forcing the stage again reproduces the same model hash.
     forced = _run(["dvc", "repro", "--force", "--single-item", "train"], workspace)
@@ -94,6 +99,7 @@ def test_ingest_then_repro_then_noop(workspace):
     assert "Running stage 'evaluate'" in again.stdout
     assert "Stage 'gate' didn't change" in again.stdout
     assert "Stage 'register' didn't change" in again.stdout
+    assert "Stage 'package' didn't change" in again.stdout
     # A params change reruns only what depends on it.
     params = (workspace / "params.yaml").read_text()
     (workspace / "params.yaml").write_text(params.replace("tiebreak_seed: 42", "tiebreak_seed: 43"))

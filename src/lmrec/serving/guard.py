@@ -4,7 +4,8 @@
   the open paths (``/livez``, ``/readyz``, ``/metrics``, ``/healthz``, the docs and the
   OpenAPI spec) needs ``Authorization: Bearer <token>``; otherwise 401 with a JSON message.
   Tokens are compared in constant time.
-- Size: a body over ``max_body_bytes`` gets 413, whether it declares its length or streams.
+- Size: a body over ``max_body_bytes`` gets 413, whether it declares its length or streams
+  (a chunked body is read here, up to the limit, before the API sees it).
 """
 
 from __future__ import annotations
@@ -22,10 +23,6 @@ Send = Callable[[Message], Awaitable[None]]
 
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/"})
 OPEN_PREFIXES = ("/docs", "/static_content")
-
-
-class BodyTooLarge(Exception):
-    """Raised inside the wrapped app's receive() when the streamed body passes the limit."""
 
 
 async def _reply(send: Send, status: int, message: str, headers: list | None = None) -> None:
@@ -68,32 +65,31 @@ class GuardMiddleware:
             )
             return
         declared = self._content_length(scope)
-        if declared is not None and declared > self.max_body_bytes:
-            await _reply(send, 413, self._too_large(declared))
+        if declared is not None:
+            if declared > self.max_body_bytes:
+                await _reply(send, 413, self._too_large(declared))
+                return
+            await self.app(scope, receive, send)
             return
-        received = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
+        # No declared length (chunked): read the body here, within the limit, and replay it.
+        chunks, size = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise BodyTooLarge
-            return message
+            if message["type"] != "http.request":
+                break  # the client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body_bytes:
+                await _reply(send, 413, self._too_large(size))
+                return
+            if not message.get("more_body", False):
+                break
+        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
+        async def replayed() -> Message:
+            return replay.pop() if replay else await receive()
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge:
-            if not started:
-                await _reply(send, 413, self._too_large(received))
+        await self.app(scope, replayed, send)
 
     def _too_large(self, size: int) -> str:
         return f"request body of {size} bytes is over the limit of {self.max_body_bytes} bytes"

@@ -30,9 +30,10 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import bentoml
+from pydantic import Field
 from starlette.responses import JSONResponse
 
 from lmrec.config import ServeParams, load_params
@@ -42,6 +43,10 @@ log = logging.getLogger("lmrec.serving")
 
 CHAMPION_TAG = "lmrec-champion:latest"
 CHALLENGER_TAG = "lmrec-challenger:latest"
+
+# JSON types are taken as they are: `"k": true` or `"k": "5"` is a 400, not k=1 or k=5.
+StrictInt = Annotated[int, Field(strict=True)]
+StrictBool = Annotated[bool, Field(strict=True)]
 
 REQUESTS = bentoml.metrics.Counter(
     name="lmrec_requests_total",
@@ -129,9 +134,9 @@ class LmrecService:
         self,
         user_id: str | None = None,
         history: list[str] | None = None,
-        k: int = 10,
-        exclude_seen: bool = True,
-        explain: bool = False,
+        k: StrictInt = 10,
+        exclude_seen: StrictBool = True,
+        explain: StrictBool = False,
         diversity: float = 0.0,
     ) -> dict[str, Any]:
         """Top-k items for a user (by id), a posted session history, or both."""
@@ -155,7 +160,7 @@ class LmrecService:
         }
 
     @bentoml.api(route="/similar_items")
-    def similar_items(self, item_id: str, k: int = 10) -> dict[str, Any]:
+    def similar_items(self, item_id: str, k: StrictInt = 10) -> dict[str, Any]:
         """The items closest to ``item_id`` by text embedding."""
         from lmrec.serving.engine import RequestError
 
