@@ -14,6 +14,7 @@ again. Writes ``out_dir/package.json`` (versions, BentoML tags, Bento tag).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -75,6 +76,9 @@ def build_bento(bentofile: Path, model_tags: list[str], out_dir: Path, version: 
     resolved = out_dir / "bentofile.yaml"
     resolved.write_text(yaml.safe_dump(config, sort_keys=False))
     build_ctx = (bentofile.parent / "src").resolve()
+    # The same champion packaged again: rebuild its Bento (the code may have changed).
+    with contextlib.suppress(bentoml.exceptions.NotFound):
+        bentoml.bentos.delete(f"{config.get('name', 'lmrec')}:{version}")
     bento = bentoml.bentos.build_bentofile(
         str(resolved.resolve()), build_ctx=str(build_ctx), version=version
     )
