@@ -7,7 +7,7 @@ AIRFLOW_VENV := .venv-airflow
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo serve stop test test-fast mlflow-ui bench-setup bench lint format lock clean
+.PHONY: help setup demo serve stop test test-fast mlflow-ui airflow bench-setup bench lint format lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -70,6 +70,17 @@ MLFLOW_PORT ?= 5000
 mlflow-ui: setup  ## the MLflow UI on the local store (runs, reports, versions): http://127.0.0.1:$(MLFLOW_PORT)
 	$(VENV)/bin/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} \
 	  --default-artifact-root ./mlruns --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+AIRFLOW_HOME_DIR := $(CURDIR)/.airflow
+AIRFLOW_PASSWORDS := $(AIRFLOW_HOME_DIR)/simple_auth_manager_passwords.json.generated
+airflow: setup  ## Airflow standalone with dags/ (lmrec_retrain, lmrec_monitor): http://localhost:8080
+	@mkdir -p $(AIRFLOW_HOME_DIR)
+	@echo "Airflow UI: http://localhost:8080 (user admin; password printed below and kept in $(AIRFLOW_PASSWORDS))"
+	@( for i in $$(seq 1 300); do [ -s $(AIRFLOW_PASSWORDS) ] && break; sleep 1; done; \
+	   [ -s $(AIRFLOW_PASSWORDS) ] && echo "==> Airflow login (user: password): $$(cat $(AIRFLOW_PASSWORDS))" ) &
+	PATH=$(CURDIR)/$(AIRFLOW_VENV)/bin:$$PATH AIRFLOW_HOME=$(AIRFLOW_HOME_DIR) \
+	  AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	  LMREC_VENV=$(CURDIR)/$(VENV) $(AIRFLOW_VENV)/bin/airflow standalone
 
 bench-setup: setup  ## install the benchmark peers: .[bench] into .venv, RecBole into .venv-recbole
 	$(VENV)/bin/pip install --quiet -e ".[bench]"

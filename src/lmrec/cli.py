@@ -8,6 +8,7 @@ readable message with a non-zero exit code:
     2  unreadable input or contract violation (file, column named)
     3  data validation failed (report written)
     4  the promotion gate refused the candidate (gate.json written; nothing registered)
+    5  `lmrec drift`: the recent feedback drifted past the monitor thresholds (drift.json)
 """
 
 from __future__ import annotations
@@ -502,6 +503,43 @@ def serve(
         os.environ.setdefault("LMREC_PARAMS", str(params.resolve()))
     cmd = [bentoml_bin, "serve", "lmrec.serving.service:LmrecService"]
     os.execv(bentoml_bin, [*cmd, "--host", host, "--port", str(port)])
+
+
+@app.command()
+def drift(
+    split: SplitOpt = Path("artifacts/preprocess"),
+    feedback: Annotated[
+        Path | None,
+        typer.Option(help="the service's feedback log. Default: params serve.feedback_db."),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="output directory for drift.json.")] = Path(
+        "artifacts/monitor"
+    ),
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Compare the last monitor.window_days of feedback with the training split: unseen
+    users and items, popularity shift, catalog churn (params monitor). Exit 0: no drift (or
+    too few events to judge); exit 5: drift (reasons printed and in drift.json).
+    """
+    from lmrec.config import load_params
+    from lmrec.stages import drift as stage
+
+    try:
+        cfg = load_params(params)
+        db = feedback or Path(cfg.serve.feedback_db)
+        report = stage.run(cfg.monitor, split, db, out)
+    except LmrecError as err:
+        raise _fail(err) from None
+    if report["metrics"]:
+        metrics = {k: round(v, 4) for k, v in report["metrics"].items()}
+        _show(f"drift check on {report['n_events']:,} events", metrics)
+    for reason in report["reasons"]:
+        typer.echo(f"  {reason}")
+    if not report["drifted"]:
+        typer.secho(f"no drift ({out}/drift.json)", bold=True, fg=typer.colors.GREEN)
+        return
+    typer.secho(f"drift detected ({out}/drift.json)", bold=True, fg=typer.colors.RED)
+    raise typer.Exit(code=report["exit_code"])
 
 
 if __name__ == "__main__":

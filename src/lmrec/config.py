@@ -225,6 +225,19 @@ class ServeParams(Block):
     feedback_db: str = "feedback/feedback.db"
 
 
+class MonitorParams(Block):
+    """Drift monitoring (``lmrec drift``): feedback events of the last ``window_days``
+    against the training split; any metric above its ``max_*`` threshold is drift."""
+
+    window_days: float = Field(7.0, gt=0)
+    min_events: int = Field(100, ge=1)
+    max_unseen_user_rate: float = Field(0.5, ge=0, le=1)
+    max_unseen_item_rate: float = Field(0.05, ge=0, le=1)
+    max_popularity_shift: float = Field(0.3, ge=0, le=1)
+    popularity_bins: int = Field(10, ge=2)
+    max_catalog_churn: float = Field(0.2, ge=0, le=1)
+
+
 class Params(Block):
     ingest: IngestParams = IngestParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
@@ -235,6 +248,7 @@ class Params(Block):
     gate: GateParams = GateParams()
     register_: RegisterParams = Field(RegisterParams(), alias="register")
     serve: ServeParams = ServeParams()
+    monitor: MonitorParams = MonitorParams()
 
     model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
 

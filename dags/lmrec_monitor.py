@@ -1,0 +1,75 @@
+"""lmrec_monitor: a daily drift check that triggers lmrec_retrain when the data moved.
+
+drift -> drifted (short-circuit) -> trigger_retrain
+
+``drift`` runs ``lmrec drift`` (the package CLI in the ``.venv``) in the workspace: recent
+feedback events against the training split, thresholds from params ``monitor``; it writes
+``artifacts/monitor/drift.json`` and exits 5 on drift, which the task turns into the
+verdict ``drifted`` (0 gives ``ok``; any other code fails the task). ``drifted`` skips the
+trigger unless the verdict is ``drifted``; ``trigger_retrain`` starts an ``lmrec_retrain``
+run on the same workspace without waiting for it.
+"""
+
+from __future__ import annotations
+
+from _lmrec_common import PROLOGUE, REPO, START, default_args, task_env
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import Param, chain, dag, task
+
+DRIFT_SH = """set +e
+if [ -n "$FEEDBACK" ]; then feedback=(--feedback "$FEEDBACK"); else feedback=(); fi
+lmrec drift --params params.yaml --split artifacts/preprocess "${feedback[@]}" \\
+  --out artifacts/monitor
+rc=$?
+set -e
+case "$rc" in
+  0) echo ok ;;
+  5) echo drifted ;;
+  *) exit "$rc" ;;
+esac
+"""
+
+
+@dag(
+    dag_id="lmrec_monitor",
+    schedule="@daily",
+    start_date=START,
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args(),
+    tags=["lmrec"],
+    params={
+        "workspace": Param(str(REPO), type="string", description="checkout to run in"),
+        "feedback": Param(
+            "", type="string", description="feedback log ('': params serve.feedback_db)"
+        ),
+    },
+)
+def lmrec_monitor():
+    """Check recent feedback for drift daily; trigger lmrec_retrain when drifted."""
+
+    @task.bash(
+        env=task_env(FEEDBACK="{{ params.feedback }}"),
+        append_env=True,
+        cwd="{{ params.workspace }}",
+    )
+    def drift() -> str:
+        """`lmrec drift`: print `drifted` or `ok` last."""
+        return PROLOGUE + DRIFT_SH
+
+    @task.short_circuit
+    def drifted(verdict: str) -> bool:
+        """Go on to the trigger only when the check found drift."""
+        return verdict == "drifted"
+
+    trigger = TriggerDagRunOperator(
+        task_id="trigger_retrain",
+        trigger_dag_id="lmrec_retrain",
+        conf={"workspace": "{{ params.workspace }}"},
+        wait_for_completion=False,
+    )
+    verdict = drift()
+    chain(verdict, drifted(verdict), trigger)
+
+
+lmrec_monitor()

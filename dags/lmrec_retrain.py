@@ -1,0 +1,250 @@
+"""lmrec_retrain: the DVC pipeline as an Airflow DAG, one stage per task.
+
+Each task runs one stage with the package's own tools (``lmrec`` / ``dvc`` from the
+``.venv`` named by the Airflow Variable ``lmrec_venv`` or ``$LMREC_VENV``) in the run's
+workspace: ``dvc repro --single-item <stage>``, so DVC skips a stage whose inputs did not
+change and records what ran in ``dvc.lock``. Nothing from lmrec is imported here: parsing
+stays free of torch, MLflow and BentoML.
+
+configure (setup) -> snapshot -> validate -> preprocess -> embed -> train -> evaluate
+-> gate -> gate_passed (short-circuit) -> register -> package -> deploy -> restore_params
+(teardown).
+
+- ``gate`` exits 0 whether the candidate passed or was refused (exit 4 of ``lmrec gate``
+  is a verdict, not a crash) and returns the verdict; ``gate_passed`` logs the reasons
+  from ``gate.json`` and, on a refusal, skips register, package and deploy: the run ends
+  green with the champion untouched.
+- ``train`` runs on the ``$LMREC_TRAIN_QUEUE`` queue (default ``gpu``: Celery/Kubernetes
+  executors route it to GPU workers; the local executor ignores queues) in the pool
+  ``$LMREC_TRAIN_POOL`` (default ``default_pool``, which always exists).
+- One run at a time (``max_active_runs=1``): every run writes the same workspace.
+- Param overrides (``params_file``, ``epochs``, ``encoder_finetune``, ``overrides``) are
+  written into the workspace's ``params.yaml`` by ``configure`` for this run only;
+  ``restore_params`` puts the original back even when a task failed.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+from _lmrec_common import PROLOGUE, REPO, START, default_args, task_env
+from airflow.sdk import Param, chain, dag, get_current_context, setup, task, teardown
+
+SOURCES = ["", "movielens-100k", "csv", "parquet", "synthetic", "feedback"]
+TRAIN_QUEUE = os.environ.get("LMREC_TRAIN_QUEUE", "gpu")
+TRAIN_POOL = os.environ.get("LMREC_TRAIN_POOL", "default_pool")
+BACKUP = "artifacts/airflow/params.yaml.orig"
+
+SNAPSHOT_SH = """args=(--params params.yaml --snapshot)
+[ -n "$SOURCE" ] && args+=(--source "$SOURCE")
+[ -n "$INTERACTIONS" ] && args+=(--interactions "$INTERACTIONS")
+[ -n "$ITEMS" ] && args+=(--items "$ITEMS")
+[ -n "$(dvc config core.remote 2>/dev/null || true)" ] && args+=(--push)
+lmrec ingest "${args[@]}"
+awk '$1 == "-" && $2 == "md5:" {print $3; exit}' data.dvc
+"""
+
+# DVC reports a failed stage as "failed to run: <cmd>, exited with <code>"; code 4 is the
+# gate's refusal (lmrec.registry.gate.REFUSED_EXIT_CODE), anything else is a failure.
+GATE_SH = """set +e
+out=$(dvc repro --single-item $LMREC_FORCE gate 2>&1)
+rc=$?
+set -e
+printf '%s\\n' "$out"
+if [ "$rc" -eq 0 ]; then echo passed; exit 0; fi
+if grep -q "exited with 4" <<<"$out" && [ -f artifacts/gate/gate.json ]; then
+  echo refused
+  exit 0
+fi
+exit "$rc"
+"""
+
+# Local deploy: a running `make serve` / `lmrec serve` (artifacts/serve.pid) is restarted on
+# the new package after a candidate server on PORT+1 has proved it loads and answers
+# /readyz; if it does not, the running service is left alone and the task fails. The
+# restart leaves PORT unanswered for the service's start-up time (one local process cannot
+# hand over its socket); behind a load balancer, a rolling update of the Bento image
+# (Kubernetes, maxUnavailable 0) drops no request (dags/README.md).
+DEPLOY_SH = """pidfile=artifacts/serve.pid
+bento=$(python -c 'import json; print(json.load(open("artifacts/package/package.json"))["bento"])')
+ready() { [ "$(curl -s -o /dev/null -w '%{http_code}' "localhost:$1/readyz")" = 200 ]; }
+wait_ready() {  # port pid
+  for _ in $(seq 1 180); do
+    ready "$1" && return 0
+    kill -0 "$2" 2>/dev/null || return 1
+    sleep 1
+  done
+  return 1
+}
+stop() {  # pid of a process group leader (started with setsid)
+  kill -- "-$1" 2>/dev/null || kill "$1" 2>/dev/null || true
+  for _ in $(seq 1 30); do kill -0 "$1" 2>/dev/null || return 0; sleep 1; done
+  kill -9 -- "-$1" 2>/dev/null || true
+}
+if ! { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }; then
+  echo "no local service running ($pidfile): start $bento with make serve"
+  echo "$bento"
+  exit 0
+fi
+spare=$((PORT + 1))
+setsid nohup lmrec serve --port "$spare" > artifacts/serve.candidate.log 2>&1 &
+cand=$!
+if ! wait_ready "$spare" "$cand"; then
+  stop "$cand"
+  echo "the new package did not serve (artifacts/serve.candidate.log); service untouched" >&2
+  exit 1
+fi
+stop "$cand"
+stop "$(cat "$pidfile")"
+setsid nohup lmrec serve --port "$PORT" > artifacts/serve.log 2>&1 &
+echo $! > "$pidfile"
+if ! wait_ready "$PORT" "$(cat "$pidfile")"; then
+  echo "the restarted service is not ready (artifacts/serve.log)" >&2
+  exit 1
+fi
+echo "service restarted on :$PORT with $bento"
+echo "$bento"
+"""
+
+
+def _merge(base: dict, update: dict) -> dict:
+    """``base`` with ``update`` merged in, nested blocks key by key."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@dag(
+    dag_id="lmrec_retrain",
+    schedule="@weekly",
+    start_date=START,
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args(),
+    tags=["lmrec"],
+    params={
+        "workspace": Param(str(REPO), type="string", description="checkout to run in"),
+        "source": Param("", enum=SOURCES, description="ingest source ('': ingest.source)"),
+        "interactions": Param("", type="string", description="csv/parquet: interactions file"),
+        "items": Param("", type="string", description="csv/parquet: items file"),
+        "params_file": Param("", type="string", description="params file for this run"),
+        "epochs": Param(None, type=["null", "integer"], minimum=1, description="train epochs"),
+        "encoder_finetune": Param(None, enum=[None, "frozen", "lora", "full"]),
+        "overrides": Param({}, type="object", description="params.yaml blocks to override"),
+        "force": Param(False, type="boolean", description="rerun stages even if unchanged"),
+        "serve_port": Param(3000, type="integer", description="port of the local service"),
+    },
+)
+def lmrec_retrain():
+    """Retrain, gate, register, package and deploy the lmrec recommender (dags/README.md)."""
+    env = task_env(LMREC_FORCE="{{ '--force' if params.force else '' }}")
+    bash = {"append_env": True, "cwd": "{{ params.workspace }}"}
+
+    @setup
+    @task
+    def configure() -> dict:
+        """Write this run's Param overrides into the workspace params.yaml (original kept)."""
+        from pathlib import Path
+
+        import yaml
+
+        p = get_current_context()["params"]
+        ws = Path(p["workspace"])
+        params, backup = ws / "params.yaml", ws / BACKUP
+        if backup.exists():  # a previous run died before its teardown
+            backup.replace(params)
+        update = dict(p["overrides"] or {})
+        sequential = {"epochs": p["epochs"], "encoder_finetune": p["encoder_finetune"]}
+        sequential = {k: v for k, v in sequential.items() if v is not None}
+        if sequential:
+            update = _merge(update, {"train": {"sequential": sequential}})
+        base_file = ws / p["params_file"] if p["params_file"] else params
+        if not update and base_file == params:
+            return {}
+        base = yaml.safe_load(base_file.read_text()) or {}
+        backup.parent.mkdir(parents=True, exist_ok=True)
+        params.replace(backup)
+        params.write_text(yaml.safe_dump(_merge(base, update), sort_keys=False))
+        return update
+
+    @task.bash(
+        env={
+            **env,
+            "SOURCE": "{{ params.source }}",
+            "INTERACTIONS": "{{ params['interactions'] }}",
+            "ITEMS": "{{ params['items'] }}",  # not params.items: that is dict.items
+        },
+        **bash,
+    )
+    def snapshot() -> str:
+        """Ingest the source, `dvc add data` (push when a remote is set); return the hash."""
+        return PROLOGUE + SNAPSHOT_SH
+
+    def stage(name: str, **kwargs):
+        @task.bash(task_id=name, env=env, **bash, **kwargs)
+        def run_stage() -> str:
+            return PROLOGUE + f"dvc repro --single-item $LMREC_FORCE {name}\n"
+
+        run_stage.__doc__ = f"`dvc repro --single-item {name}` in the workspace."
+        return run_stage()
+
+    @task.bash(env=env, **bash)
+    def gate() -> str:
+        """Run the gate stage; print `passed` or `refused` last (exit 4 is a verdict)."""
+        return PROLOGUE + GATE_SH
+
+    @task.short_circuit
+    def gate_passed(verdict: str) -> bool:
+        """Log the gate's reasons; on a refusal skip everything downstream (run stays green)."""
+        import json
+        import logging
+        from pathlib import Path
+
+        ws = Path(get_current_context()["params"]["workspace"])
+        report = json.loads((ws / "artifacts/gate/gate.json").read_text())
+        log = logging.getLogger("lmrec.gate")
+        for check in report.get("checks", []):
+            log.info("%s  %s", check["status"].upper(), check["reason"])
+        log.info("gate verdict: %s", verdict)
+        return verdict == "passed"
+
+    @task.bash(env={**env, "PORT": "{{ params.serve_port }}"}, **bash)
+    def deploy() -> str:
+        """Restart the local service on the new package when one runs; return the Bento tag."""
+        return PROLOGUE + DEPLOY_SH
+
+    @teardown
+    @task
+    def restore_params() -> None:
+        """Put the workspace's own params.yaml back (runs even when a task failed)."""
+        from pathlib import Path
+
+        ws = Path(get_current_context()["params"]["workspace"])
+        if (ws / BACKUP).exists():
+            (ws / BACKUP).replace(ws / "params.yaml")
+
+    conf, restore, verdict = configure(), restore_params(), gate()
+    chain(
+        conf,
+        snapshot(),
+        stage("validate"),
+        stage("preprocess"),
+        stage("embed", execution_timeout=timedelta(hours=3)),
+        stage("train", queue=TRAIN_QUEUE, pool=TRAIN_POOL, execution_timeout=timedelta(hours=12)),
+        stage("evaluate", execution_timeout=timedelta(hours=2)),
+        verdict,
+        gate_passed(verdict),
+        stage("register"),
+        stage("package"),
+        deploy(),
+        restore,
+    )
+    conf >> restore  # the teardown belongs to the setup: it runs whatever happened between
+
+
+lmrec_retrain()

@@ -1,0 +1,1 @@
+"""Production monitoring: drift between the training snapshot and live feedback."""

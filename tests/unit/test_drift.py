@@ -1,0 +1,132 @@
+"""The drift check: metrics on hand-made data, the verdict, and `lmrec drift` end to end."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from lmrec.cli import app
+from lmrec.config import MonitorParams
+from lmrec.data.contract import pseudonymise
+from lmrec.features.dataset import load_split
+from lmrec.io import DataError
+from lmrec.monitoring.drift import (
+    DRIFTED_EXIT_CODE,
+    check_drift,
+    drift_metrics,
+    js_distance,
+    recent_events,
+)
+from lmrec.serving.feedback import FeedbackEvent, FeedbackStore
+from lmrec.stages import drift as stage
+
+NOW = 1_700_000_000.0
+CATALOG = pd.DataFrame({"item_id": ["a", "b", "c", "d"], "n_train": [6, 3, 1, 0]})
+
+
+def _events(users, items, ts=NOW - 60):
+    return pd.DataFrame({"user_id": users, "item_id": items, "timestamp": float(ts)})
+
+
+def test_js_distance_bounds():
+    assert js_distance([1, 2, 3], [2, 4, 6]) == pytest.approx(0.0)
+    assert js_distance([1, 0], [0, 1]) == pytest.approx(1.0)
+    assert 0 < js_distance([3, 1], [1, 3]) < 1
+    assert js_distance([0, 0], [0, 0]) == 0.0
+
+
+def test_metrics_on_known_data():
+    events = _events(["u1", "u1", "u2", "x9"], ["a", "d", "zz", "b"])
+    m = drift_metrics({"u1", "u2", "u3"}, CATALOG, events)
+    assert m["unseen_user_rate"] == pytest.approx(1 / 3)  # x9 of {u1, u2, x9}
+    assert m["unseen_item_rate"] == pytest.approx(1 / 4)  # zz
+    assert m["catalog_churn"] == pytest.approx(1 / 3)  # d has no training interaction
+    assert 0 < m["popularity_shift"] < 1
+
+
+def test_same_distribution_is_not_drift():
+    items = ["a"] * 60 + ["b"] * 30 + ["c"] * 10
+    events = _events([f"u{i % 3}" for i in range(100)], items)
+    report = check_drift(MonitorParams(min_events=50), {"u0", "u1", "u2"}, CATALOG, events, NOW)
+    assert report["judged"] and not report["drifted"]
+    assert report["metrics"]["popularity_shift"] < 0.05
+    assert report["thresholds"]["catalog_churn"] == MonitorParams().max_catalog_churn
+
+
+def test_each_metric_can_trigger():
+    events = _events([f"new{i}" for i in range(100)], ["d"] * 50 + ["zz"] * 50)
+    report = check_drift(MonitorParams(min_events=10), {"u0"}, CATALOG, events, NOW)
+    assert report["drifted"]
+    named = " ".join(report["reasons"])
+    for metric in ("unseen_user_rate", "unseen_item_rate", "popularity_shift", "catalog_churn"):
+        assert metric in named
+
+
+def test_window_and_min_events():
+    old = _events(["u0"] * 100, ["d"] * 100, ts=NOW - 30 * 86_400)
+    assert recent_events(old, 7, NOW).empty
+    report = check_drift(MonitorParams(min_events=10), {"u0"}, CATALOG, old, NOW)
+    assert not report["drifted"] and not report["judged"]
+    assert "only 0 feedback event(s)" in report["reasons"][0]
+    assert report["n_events_total"] == 100
+
+
+def _feedback(db, users, items, ts):
+    with FeedbackStore(db) as store:
+        store.append_many(
+            FeedbackEvent(u, i, "click", timestamp=t)
+            for u, i, t in zip(users, items, ts, strict=True)
+        )
+
+
+def test_stage_pseudonymises_and_writes_json(tmp_path, tiny_split_dir):
+    split = load_split(tiny_split_dir)
+    # Raw ids, as the service receives them (the synthetic source's "user00042"); the
+    # split holds their pseudonyms, so the stage must pseudonymise before comparing.
+    raw_users = [f"user{i:05d}" for i in range(split.n_users)]
+    assert set(pseudonymise(pd.Series(raw_users))) == set(split.user_ids)
+    rng = np.random.default_rng(0)
+    weights = split.items["n_train"].to_numpy(dtype=float)
+    items = rng.choice(split.items["item_id"].to_numpy(), 400, p=weights / weights.sum())
+    db = tmp_path / "feedback.db"
+    _feedback(db, rng.choice(raw_users, 400).tolist(), items.tolist(), [time.time() - 60] * 400)
+    report = stage.run(MonitorParams(min_events=50), tiny_split_dir, db, tmp_path / "out")
+    assert report["metrics"]["unseen_user_rate"] == 0.0
+    assert report["metrics"]["catalog_churn"] == 0.0
+    assert not report["drifted"], report["reasons"]
+    assert json.loads((tmp_path / "out" / "drift.json").read_text())["exit_code"] == 0
+
+
+def test_cli_exit_codes(tmp_path, tiny_split_dir):
+    runner = CliRunner()
+    db = tmp_path / "feedback.db"
+    cold = load_split(tiny_split_dir).items.query("n_train == 0")["item_id"].tolist()
+    n = 200
+    rng = np.random.default_rng(0)
+    strangers = [f"stranger{i}" for i in range(n)]
+    _feedback(db, strangers, rng.choice(cold, n).tolist(), [time.time() - 60] * n)
+    args = ["drift", "--split", str(tiny_split_dir), "--feedback", str(db)]
+    done = runner.invoke(app, [*args, "--out", str(tmp_path / "m")])
+    assert done.exit_code == DRIFTED_EXIT_CODE, done.output
+    assert "drift detected" in done.output and "catalog_churn" in done.output
+    report = json.loads((tmp_path / "m" / "drift.json").read_text())
+    assert report["drifted"] and report["exit_code"] == DRIFTED_EXIT_CODE
+    none = tmp_path / "none.db"
+    missing = runner.invoke(app, ["drift", "--split", str(tiny_split_dir), "--feedback", str(none)])
+    assert missing.exit_code == DataError.exit_code
+    assert not none.exists()
+    nosplit = runner.invoke(app, [*args[:1], "--split", str(tmp_path), "--feedback", str(db)])
+    assert nosplit.exit_code == DataError.exit_code
+
+
+def test_empty_log_is_not_judged(tmp_path, tiny_split_dir):
+    db = tmp_path / "feedback.db"
+    FeedbackStore(db).close()  # the service created the log; nobody posted yet
+    report = stage.run(MonitorParams(), tiny_split_dir, db, tmp_path / "out")
+    assert not report["drifted"] and not report["judged"] and report["exit_code"] == 0
+    assert "only 0 feedback event(s)" in report["reasons"][0]
