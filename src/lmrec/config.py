@@ -220,6 +220,7 @@ class ServeParams(Block):
     faiss_ef_search: int = Field(128, ge=8)
     candidate_pool: int = Field(200, ge=10)
     quantize_int8: bool = False
+    user_vector_cache_max: int = Field(200_000, ge=0)
     challenger_share: float = Field(0.0, ge=0, le=1)
     ab_salt: str = "lmrec-ab"
     feedback_db: str = "feedback/feedback.db"

@@ -84,6 +84,7 @@ class Engine:
         self.faiss_index = None
         if self.two_tower and self.n_items >= params.faiss_min_items:
             self.faiss_index = self._build_faiss()
+        self.user_cache = self._cache_users() if self.two_tower else {}
 
     @classmethod
     def load(cls, root: str | Path, params: ServeParams) -> Engine:
@@ -103,6 +104,20 @@ class Engine:
                 net, {torch.nn.Linear}, dtype=torch.qint8
             )
         log.info("user encoder quantised to int8 (dynamic)")
+
+    def _cache_users(self) -> dict[str, np.ndarray]:
+        """Known users' vectors, computed once: a request by user id alone is then one
+        inner-product search instead of a transformer pass."""
+        users = list(self.bundle.users.items())
+        if not 0 < len(users) <= self.params.user_vector_cache_max:
+            return {}
+        cache: dict[str, np.ndarray] = {}
+        for start in range(0, len(users), 512):
+            chunk = users[start : start + 512]
+            vectors = self.model.user_vectors([h for _, h in chunk])
+            cache.update({u: v for (u, _), v in zip(chunk, vectors, strict=True)})
+        log.info("cached the vectors of %d known users", len(cache))
+        return cache
 
     def _build_faiss(self) -> Any:
         import faiss
@@ -125,18 +140,17 @@ class Engine:
 
     def resolve_history(
         self, user_id: str | None, history: list[str] | None
-    ) -> tuple[np.ndarray, bool]:
-        """(item indices, oldest first; whether the user is known)."""
+    ) -> tuple[np.ndarray, str | None]:
+        """(item indices, oldest first; the known user's bundle key, or None)."""
         stored = np.zeros(0, dtype=np.int64)
-        known = False
+        known = None
         if user_id is not None:
             if not user_id or len(user_id) > 256:
                 raise RequestError("user_id must be a non-empty string of at most 256 characters")
-            found = self.bundle.users.get(pseudonymise_one(user_id))
-            if found is None:
-                found = self.bundle.users.get(user_id)  # already pseudonymised ids work too
-            if found is not None:
-                stored, known = found, True
+            for key in (pseudonymise_one(user_id), user_id):  # pseudonymised ids work too
+                if key in self.bundle.users:
+                    stored, known = self.bundle.users[key], key
+                    break
         posted = np.zeros(0, dtype=np.int64)
         if history:
             if len(history) > self.params.max_history:
@@ -166,6 +180,7 @@ class Engine:
         if not 0.0 <= float(diversity) <= 1.0:
             raise RequestError(f"diversity must be between 0 and 1, got {diversity!r}")
         items, known = self.resolve_history(user_id, history)
+        cached = self.user_cache.get(known) if known is not None and not history else None
         excluded = np.unique(items) if exclude_seen else np.zeros(0, dtype=np.int64)
         available = self.n_items - len(excluded)
         if len(items) == 0:
@@ -174,14 +189,14 @@ class Engine:
         else:
             path = "model"
             pool = max(k, self.params.candidate_pool) if diversity > 0 else k
-            candidates = self._top(items, min(pool, available), excluded)
+            candidates = self._top(items, min(pool, available), excluded, cached)
             picked = self._mmr(candidates, k, float(diversity)) if diversity > 0 else candidates[:k]
         if explain:
             picked = [Scored(s.item, s.score, self._reason(s.item, items)) for s in picked]
         return {
             "items": [self._item(s, explain) for s in picked],
             "path": path,
-            "known_user": known,
+            "known_user": known is not None,
             "history_length": len(items),
         }
 
@@ -210,13 +225,16 @@ class Engine:
             for i in order
         ]
 
-    def _top(self, items: np.ndarray, n: int, excluded: np.ndarray) -> list[Scored]:
+    def _top(
+        self, items: np.ndarray, n: int, excluded: np.ndarray, user: np.ndarray | None = None
+    ) -> list[Scored]:
         if n <= 0:
             return []
-        if self.faiss_index is not None:
-            return self._top_faiss(items, n, excluded)
-        if self.two_tower:
+        if self.two_tower and user is None:
             user = self.model.user_vectors([items])[0]
+        if self.faiss_index is not None:
+            return self._top_faiss(user, n, excluded)
+        if self.two_tower:
             scores = self.item_matrix @ user
         else:
             scores = self.model.score([items])[0].astype(np.float64)
@@ -226,8 +244,8 @@ class Engine:
         top = top[np.lexsort((top, -scores[top]))]
         return [Scored(int(i), float(scores[i])) for i in top if np.isfinite(scores[i])][:n]
 
-    def _top_faiss(self, items: np.ndarray, n: int, excluded: np.ndarray) -> list[Scored]:
-        user = np.ascontiguousarray(self.model.user_vectors([items]), dtype=np.float32)
+    def _top_faiss(self, user: np.ndarray, n: int, excluded: np.ndarray) -> list[Scored]:
+        user = np.ascontiguousarray(user[None, :], dtype=np.float32)
         drop = set(excluded.tolist())
         want = n + len(drop)
         while True:

@@ -15,6 +15,7 @@ Configuration (environment; the params file's ``serve`` block for everything els
 - ``LMREC_API_TOKEN``: when set, every API call needs ``Authorization: Bearer <token>``
   (401 otherwise); ``/livez``, ``/readyz``, ``/metrics`` and the docs stay open.
 - ``LMREC_FEEDBACK_DB``: the feedback store (default ``serve.feedback_db``).
+- ``LMREC_TORCH_THREADS``: torch threads per worker (default 1).
 
 A/B: with a challenger loaded, ``serve.challenger_share`` of the users (by a salted hash of
 the user id; requests without one go to the champion) are served by the challenger. Every
@@ -97,7 +98,13 @@ class LmrecService:
         """Load the engines in the background so that /readyz can say "not yet"."""
         try:
             delay = float(os.environ.get("LMREC_LOAD_DELAY_S", "0"))  # slow storage, tests
+            import torch
+
             from lmrec.serving.engine import Engine
+
+            # One request at a time per worker: intra-op threads would only fight the HTTP
+            # layer for the cores (scale with workers/replicas instead).
+            torch.set_num_threads(int(os.environ.get("LMREC_TORCH_THREADS", "1")))
 
             champion = _bundle_dir("LMREC_BUNDLE", CHAMPION_TAG, required=True)
             challenger = _bundle_dir("LMREC_CHALLENGER_BUNDLE", CHALLENGER_TAG, required=False)
