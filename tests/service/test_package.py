@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,11 +27,17 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory, tiny_split_dir, tiny_params) -> dict:
+def ws(tmp_path_factory, tiny_split_dir, tiny_params) -> Iterator[dict]:
     root = tmp_path_factory.mktemp("package")
     embed.run(tiny_params.embed, tiny_split_dir, root / "embed", False)
     uri = f"sqlite:///{root}/mlflow.db"
-    os.environ["MLFLOW_TRACKING_URI"] = uri  # Tracker and Registry in this process
+    with pytest.MonkeyPatch.context() as mp:
+        # Tracker (MLflow) sets MLFLOW_TRACKING_URI process-wide; undone after the module.
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        yield _logged_models(root, tiny_split_dir, uri)
+
+
+def _logged_models(root: Path, tiny_split_dir: Path, uri: str) -> dict:
     split = load_split(tiny_split_dir)
     ids = split.items.sort_values("item_idx")["item_id"].astype(str).tolist()
     registry = Registry(uri, "lmrec")

@@ -16,10 +16,12 @@ at the version before.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,7 +90,6 @@ class Registry:
         logging.getLogger("alembic").setLevel(logging.WARNING)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self._mlflow = mlflow
-        mlflow.set_tracking_uri(uri)
         self.uri, self.name = uri, name
         try:
             self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -243,14 +244,37 @@ class Registry:
         dst = Path(dst)
         dst.mkdir(parents=True, exist_ok=True)
         try:
-            local = self._mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{self.name}/{version.number}", dst_path=str(dst)
-            )
+            with _tracking_uri(self._mlflow, self.uri):
+                local = self._mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"models:/{self.name}/{version.number}", dst_path=str(dst)
+                )
         except Exception as err:  # MLflow raises many types for missing artifacts
             raise RegistryError(
                 f"model {self.name!r} version {number}: cannot download its artifacts: {err}"
             ) from err
         return lmrec_model_dir(Path(local))
+
+
+@contextlib.contextmanager
+def _tracking_uri(mlflow: Any, uri: str) -> Iterator[None]:
+    """Point MLflow's process-wide URIs at ``uri`` for a block, then restore them.
+
+    ``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI`` into the environment,
+    which every later subprocess would inherit; a registry lookup must not leave that behind.
+    """
+    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
+    saved = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved[0])
+        mlflow.set_registry_uri(saved[1])
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
 
 def lmrec_model_dir(mlflow_model: Path) -> Path:
