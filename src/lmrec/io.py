@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
 
@@ -68,6 +71,20 @@ def write_json(path: str | Path, obj: object) -> None:
     """Write pretty, key-sorted JSON atomically (stable bytes for DVC hashing)."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def json_safe(value: Any, digits: int = 6) -> Any:
+    """Floats rounded to ``digits`` and NaN/inf as None, through dicts, lists and numpy
+    scalars: stable, valid JSON for metrics files that DVC hashes."""
+    if isinstance(value, dict):
+        return {k: json_safe(v, digits) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v, digits) for v in value]
+    if isinstance(value, float | np.floating):
+        return round(float(value), digits) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 def write_parquet(path: str | Path, df: pd.DataFrame) -> None:

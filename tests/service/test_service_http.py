@@ -20,7 +20,7 @@ import bentoml
 import httpx
 import pytest
 
-from lmrec.serving.engine import pseudonymise_one
+from lmrec.data.contract import pseudonymise_id
 from lmrec.serving.feedback import FeedbackStore
 
 pytestmark = pytest.mark.slow
@@ -81,10 +81,10 @@ def test_recommend_by_user_id(client, bundles, user):
 
 def test_raw_user_id_is_pseudonymised_like_ingest(client, bundles):
     raw = next(
-        f"user{u:05d}" for u in range(500) if pseudonymise_one(f"user{u:05d}") in bundles.histories
+        f"user{u:05d}" for u in range(500) if pseudonymise_id(f"user{u:05d}") in bundles.histories
     )
     by_raw = client.recommend(user_id=raw, k=5)
-    by_pseudonym = client.recommend(user_id=pseudonymise_one(raw), k=5)
+    by_pseudonym = client.recommend(user_id=pseudonymise_id(raw), k=5)
     assert by_raw["path"] == "model"
     assert by_raw["items"] == by_pseudonym["items"]
 

@@ -32,13 +32,16 @@ def user_id_salt() -> str:
     return os.environ.get(SALT_ENV) or DEFAULT_SALT
 
 
-def pseudonymise(user_ids: pd.Series, salt: str | None = None) -> pd.Series:
-    """Replace raw user ids by ``u_`` + 16 hex chars of HMAC-SHA256(salt, id)."""
+def pseudonymise_id(raw: object, salt: str | None = None) -> str:
+    """One raw user id as ``u_`` + 16 hex chars of HMAC-SHA256(salt, id)."""
     key = (salt if salt is not None else user_id_salt()).encode()
-    mapping = {
-        raw: "u_" + hmac.new(key, str(raw).encode(), hashlib.sha256).hexdigest()[:16]
-        for raw in pd.unique(user_ids.dropna())
-    }
+    return "u_" + hmac.new(key, str(raw).encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def pseudonymise(user_ids: pd.Series, salt: str | None = None) -> pd.Series:
+    """Replace raw user ids by their ``pseudonymise_id``."""
+    salt = salt if salt is not None else user_id_salt()
+    mapping = {raw: pseudonymise_id(raw, salt) for raw in pd.unique(user_ids.dropna())}
     return user_ids.map(mapping).astype(object).where(user_ids.notna(), None)
 
 

@@ -17,8 +17,6 @@ quantisation to the user encoder. Bad requests raise ``RequestError`` (-> HTTP 4
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import warnings
 from dataclasses import dataclass
@@ -28,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from lmrec.config import ServeParams
-from lmrec.data.contract import user_id_salt
+from lmrec.data.contract import pseudonymise_id
 from lmrec.models.registry import load_model
 from lmrec.serving.bundle import Bundle
 
@@ -44,12 +42,6 @@ class RequestError(ValueError):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
-
-
-def pseudonymise_one(raw: str) -> str:
-    """The ingest stage's pseudonymised form of one raw user id (same salt, same HMAC)."""
-    key = user_id_salt().encode()
-    return "u_" + hmac.new(key, raw.encode(), hashlib.sha256).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -147,7 +139,7 @@ class Engine:
         if user_id is not None:
             if not user_id or len(user_id) > 256:
                 raise RequestError("user_id must be a non-empty string of at most 256 characters")
-            for key in (pseudonymise_one(user_id), user_id):  # pseudonymised ids work too
+            for key in (pseudonymise_id(user_id), user_id):  # pseudonymised ids work too
                 if key in self.bundle.users:
                     stored, known = self.bundle.users[key], key
                     break

@@ -34,10 +34,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
+import torch
 from pydantic import Field
 from starlette.responses import JSONResponse
 
 from lmrec.config import ServeParams, load_params
+from lmrec.serving.engine import Engine, RequestError
+from lmrec.serving.feedback import FeedbackEvent, FeedbackStore
 from lmrec.serving.guard import GuardMiddleware
 
 log = logging.getLogger("lmrec.serving")
@@ -63,6 +66,9 @@ def serve_params() -> ServeParams:
     return load_params("params.yaml").serve if Path("params.yaml").is_file() else ServeParams()
 
 
+SERVE_PARAMS = serve_params()  # read once per process (the middleware needs it at import)
+
+
 def _bundle_dir(env: str, tag: str, required: bool) -> Path | None:
     if os.environ.get(env):
         return Path(os.environ[env])
@@ -86,7 +92,7 @@ class LmrecService:
     """Top-k recommendations, similar items and feedback over HTTP."""
 
     def __init__(self) -> None:
-        self.params = serve_params()
+        self.params = SERVE_PARAMS
         self.engines: dict[str, Any] = {}
         self.load_error: str | None = None
         self._feedback = None
@@ -98,10 +104,6 @@ class LmrecService:
         """Load the engines in the background so that /readyz can say "not yet"."""
         try:
             delay = float(os.environ.get("LMREC_LOAD_DELAY_S", "0"))  # slow storage, tests
-            import torch
-
-            from lmrec.serving.engine import Engine
-
             # One request at a time per worker: intra-op threads would only fight the HTTP
             # layer for the cores (scale with workers/replicas instead).
             torch.set_num_threads(int(os.environ.get("LMREC_TORCH_THREADS", "1")))
@@ -147,8 +149,6 @@ class LmrecService:
         diversity: float = 0.0,
     ) -> dict[str, Any]:
         """Top-k items for a user (by id), a posted session history, or both."""
-        from lmrec.serving.engine import RequestError
-
         if (busy := self._not_ready()) is not None:
             return busy
         variant = self._variant(user_id)
@@ -169,8 +169,6 @@ class LmrecService:
     @bentoml.api(route="/similar_items")
     def similar_items(self, item_id: str, k: StrictInt = 10) -> dict[str, Any]:
         """The items closest to ``item_id`` by text embedding."""
-        from lmrec.serving.engine import RequestError
-
         if (busy := self._not_ready()) is not None:
             return busy
         engine = self.engines["champion"]
@@ -192,8 +190,6 @@ class LmrecService:
     ) -> dict[str, Any]:
         """Record one feedback event durably (on disk before the answer); feeds the next
         retraining through the ``feedback`` ingest source."""
-        from lmrec.serving.feedback import FeedbackEvent, FeedbackStore
-
         if (busy := self._not_ready()) is not None:
             return busy
         variant = variant or self._variant(user_id)
@@ -226,5 +222,5 @@ class LmrecService:
 LmrecService.add_asgi_middleware(
     GuardMiddleware,
     token_env="LMREC_API_TOKEN",
-    max_body_bytes=serve_params().max_body_bytes,
+    max_body_bytes=SERVE_PARAMS.max_body_bytes,
 )

@@ -34,7 +34,7 @@ from lmrec.evaluation.protocol import aggregate_seeds, evaluate_protocol
 from lmrec.evaluation.report import write_report
 from lmrec.evaluation.scorers import CatalogScorer, LenientScorer
 from lmrec.features.dataset import SplitData, load_split
-from lmrec.io import DataError, LmrecError, atomic_path, write_json
+from lmrec.io import DataError, LmrecError, atomic_path, json_safe, write_json
 from lmrec.models.registry import load_model
 from lmrec.registry.store import CHAMPION, Registry, model_digest
 from lmrec.stages.embed import load_embeddings
@@ -135,7 +135,7 @@ def run(params: Params, split_dir: Path, embed_dir: Path, train_dir: Path, out_d
         "catalog_popularity_curve": M.catalog_popularity_curve(counts, bins).tolist(),
         "seeds": _seed_summary(models["candidate"], replicas),
     }
-    comparison = _clean(comparison)
+    comparison = json_safe(comparison)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / COMPARISON_FILE, comparison)
     write_json(out_dir / "metrics.json", _metrics(comparison))
@@ -241,19 +241,6 @@ def _log_to_mlflow(
         raise LmrecError(
             f"MLflow at {uri!r}: cannot log the evaluation to run {run_id}: {err}"
         ) from err
-
-
-def _clean(value: Any) -> Any:
-    """Round floats to 6 places and turn NaN/inf into None (valid, stable JSON)."""
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, float | np.floating):
-        return round(float(value), 6) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def _summary(comparison: dict[str, Any]) -> dict[str, Any]:

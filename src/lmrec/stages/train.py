@@ -27,12 +27,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from lmrec.config import Params
 from lmrec.features.dataset import SplitData, load_split
-from lmrec.io import DataError, atomic_dir, atomic_path, write_json
+from lmrec.io import DataError, atomic_dir, atomic_path, json_safe, write_json
 from lmrec.models.base import Recommender
 from lmrec.stages.embed import META_FILE as ENCODER_META
 from lmrec.stages.embed import load_embeddings
@@ -211,7 +210,7 @@ def _finish(
             for name, (_, m, _) in baselines.items()
         },
     }
-    write_json(out_dir / "metrics.json", _rounded(metrics))
+    write_json(out_dir / "metrics.json", json_safe(metrics))
     _write_history(out_dir / "history.csv", result.history)
     tracker.log_metrics(
         {"best_epoch": result.best_epoch, "train_seconds": result.seconds}
@@ -249,11 +248,3 @@ def _remove_stale(directory: Path, keep: set[str]) -> None:
     for old in directory.iterdir() if directory.is_dir() else []:
         if old.is_dir() and not old.name.startswith(".") and old.name not in keep:
             shutil.rmtree(old)
-
-
-def _rounded(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, float):
-        return None if not np.isfinite(value) else round(value, 6)
-    return value
