@@ -17,6 +17,7 @@ from lmrec.models.popularity import PopularityRecommender
 from lmrec.models.sequential import (
     SequentialParams,
     SequentialRecommender,
+    _cross_entropy,
     history_tokens,
     training_windows,
 )
@@ -205,6 +206,89 @@ def test_training_windows_cut_from_the_end() -> None:
             [BOS, PAD, PAD],
         ],
     )
+
+
+def _targets_with_context(tokens: np.ndarray, targets: np.ndarray) -> list[tuple[int, int]]:
+    """(target item, items of context before it) for every target of every window."""
+    out = []
+    for row_tokens, row_targets in zip(tokens, targets, strict=True):
+        for position, item in enumerate(row_targets):
+            if item >= 0:  # context: the items among tokens 1..position (token 0 is BOS)
+                out.append((int(item), int((row_tokens[1 : position + 1] != PAD).sum())))
+    return out
+
+
+@pytest.mark.parametrize("stride", [0, 1, 3, 5, 6])
+@pytest.mark.parametrize("jitter_seed", [None, 0, 1, 2])
+def test_training_windows_predict_every_item_once_with_enough_context(
+    stride: int, jitter_seed: int | None
+) -> None:
+    max_len = 5
+    # Sequence s holds items 1000 s + 0..n-1: an item's value tells its position.
+    sequences = [1000 * s + np.arange(n) for s, n in enumerate((1, 2, 6, 7, 13, 30), 1)]
+    rng = None if jitter_seed is None else np.random.default_rng(jitter_seed)
+    tokens, targets = training_windows(sequences, max_len, stride, rng)
+    found = _targets_with_context(tokens, targets)
+    assert sorted(item for item, _ in found) == sorted(np.concatenate(sequences).tolist())
+    step = stride or max_len + 1
+    for item, context in found:
+        position = item % 1000
+        # Context is whatever precedes the item, capped by the window; the stride
+        # guarantees at least max_len + 1 - stride items (fewer only near the start).
+        assert context <= min(position, max_len)
+        if rng is None or stride:
+            assert context >= min(position, max_len + 1 - step)
+    # The most recent window is always whole: the last item sees max_len items.
+    last_items = {int(seq[-1]) for seq in sequences}
+    for item, context in found:
+        if item in last_items:
+            assert context == min(item % 1000, max_len)
+
+
+def test_window_jitter_moves_the_earlier_windows_and_is_seeded() -> None:
+    sequences = [np.arange(40)]
+    cuts = {
+        seed: training_windows(sequences, 5, 0, np.random.default_rng(seed))[0].tolist()
+        for seed in range(6)
+    }
+    assert len({json.dumps(c) for c in cuts.values()}) > 1  # the offset changes the cuts
+    again = training_windows(sequences, 5, 0, np.random.default_rng(3))[0].tolist()
+    assert again == cuts[3]  # same generator state, same windows (resume-safe)
+    with pytest.raises(ValueError, match="stride"):
+        training_windows(sequences, 5, 7)
+
+
+def test_label_smoothing_skips_masked_classes() -> None:
+    torch.manual_seed(0)
+    logits, target = torch.randn(4, 6), torch.tensor([0, 2, 3, 5])
+    plain = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+    assert torch.allclose(_cross_entropy(logits, target, 0.0), plain)
+    smoothed = torch.nn.functional.cross_entropy(
+        logits, target, reduction="sum", label_smoothing=0.1
+    )
+    assert torch.allclose(_cross_entropy(logits, target, 0.1), smoothed)
+    masked = logits.clone()
+    masked[:, 1] = -torch.inf  # e.g. an item never trained on
+    loss = _cross_entropy(masked, target, 0.1)
+    assert torch.isfinite(loss)
+    # Equal to smoothing over the five allowed classes only.
+    reference = torch.nn.functional.cross_entropy(
+        logits[:, [0, 2, 3, 4, 5]],
+        torch.tensor([0, 1, 2, 4]),
+        reduction="sum",
+        label_smoothing=0.1,
+    )
+    assert torch.allclose(loss, reference, atol=1e-5)
+
+
+def test_jittered_strided_training_fits_and_reproduces(planted: Planted) -> None:
+    extra = {"window_jitter": True, "window_stride": 3, "label_smoothing": 0.1}
+    first = tiny_sequential(planted, **extra).fit(planted.split)
+    second = tiny_sequential(planted, **extra).fit(planted.split)
+    histories = [planted.split.history_for(user, "test") for user in range(20)]
+    np.testing.assert_array_equal(first.score(histories), second.score(histories))
+    hr, chance = hit_rate(first, planted.split)
+    assert hr > 5 * chance
 
 
 def test_history_tokens_match_the_longest_training_window() -> None:

@@ -76,6 +76,13 @@ class SequentialParams(Params):
         lora_r: LoRA rank.
         lora_alpha: LoRA scaling numerator.
         lora_dropout: dropout inside the LoRA adapters.
+        window_stride: items between the ends of a sequence's training windows; 0 means
+            ``max_len + 1`` (no overlap). Smaller strides give every predicted item at
+            least ``max_len + 1 - window_stride`` items of context, at proportional cost.
+        window_jitter: move the training windows before a sequence's most recent one back
+            by a random offset each epoch, so items are predicted from varying contexts
+            instead of always after the same fixed boundary.
+        label_smoothing: label smoothing of the next-item cross-entropy (0 = none).
         seed: seeds initialisation, shuffling, dropout and sampling.
         device: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
     """
@@ -102,6 +109,9 @@ class SequentialParams(Params):
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.1
+    window_stride: int = 0
+    window_jitter: bool = False
+    label_smoothing: float = 0.0
     seed: int = 0
     device: str = "auto"
 
@@ -123,6 +133,10 @@ class SequentialParams(Params):
             raise ValueError(f"sequential: precision must be one of {PRECISIONS}: {self}")
         if self.encoder_finetune not in FINETUNE_MODES:
             raise ValueError(f"sequential: encoder_finetune must be one of {FINETUNE_MODES}")
+        if not 0 <= self.window_stride <= self.max_len + 1:
+            raise ValueError(f"sequential: window_stride must be in 0..max_len + 1: {self}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"sequential: label_smoothing must be in [0, 1), got {self}")
         if self.encoder_lr <= 0 or not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"sequential: need encoder_lr > 0, lora_dropout in [0, 1): {self}")
         if self.device != "auto" and _device_type(self.device) not in ("cpu", "cuda"):
@@ -154,27 +168,46 @@ def history_tokens(histories: list[np.ndarray], max_len: int) -> tuple[np.ndarra
     return tokens, lengths
 
 
-def training_windows(train: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+def training_windows(
+    train: list[np.ndarray],
+    max_len: int,
+    stride: int = 0,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Cut sequences into next-item training windows, every interaction a target once.
 
-    Each sequence is cut from its end into chunks of at most ``max_len + 1`` items; a
-    chunk's input is ``[BOS] + chunk[:-1]`` and its targets are ``chunk``, so the longest
-    input is exactly what ``history_tokens`` builds for a ``max_len``-item history.
+    Windows of at most ``max_len + 1`` items end every ``stride`` items counted back from a
+    sequence's end (``stride`` 0 means ``max_len + 1``: windows that do not overlap). A
+    window's input is ``[BOS] + window[:-1]``, so the longest input is exactly what
+    ``history_tokens`` builds for a ``max_len``-item history, and its targets are the items
+    the next later window does not already predict. A smaller stride gives every target at
+    least ``max_len + 1 - stride`` items of context (at the cost of overlapping inputs).
+    With ``rng`` the most recent window stays where it is and the ends before it move
+    (shifted by a random 0..stride-1 items per sequence), so contexts differ every epoch.
 
     Returns:
         (tokens, targets), both int64 [n_windows, max_len + 1], right-padded with ``PAD``
-        and -1 respectively.
+        and -1 respectively (-1 also marks inputs predicted by a later window).
     """
-    chunks = []
+    width = max_len + 1
+    stride = stride or width
+    if not 1 <= stride <= width:
+        raise ValueError(f"sequential: window stride must be in 1..{width}, got {stride}")
+    rows: list[tuple[np.ndarray, int]] = []  # (window items, index of its first target)
     for seq in train:
-        for end in range(len(seq), 0, -(max_len + 1)):
-            chunks.append(seq[max(0, end - max_len - 1) : end])
-    tokens = np.full((len(chunks), max_len + 1), PAD, dtype=np.int64)
-    targets = np.full((len(chunks), max_len + 1), -1, dtype=np.int64)
-    for row, chunk in enumerate(chunks):
+        n = len(seq)
+        ends = [n]
+        shift = int(rng.integers(0, stride)) if rng is not None else 0
+        ends += list(range(n - stride + shift, 0, -stride)) if n > stride else []
+        for end, earlier in zip(ends, ends[1:] + [0], strict=True):
+            start = max(0, end - width)
+            rows.append((seq[start:end], earlier - start))
+    tokens = np.full((len(rows), width), PAD, dtype=np.int64)
+    targets = np.full((len(rows), width), -1, dtype=np.int64)
+    for row, (window, first) in enumerate(rows):
         tokens[row, 0] = BOS
-        tokens[row, 1 : len(chunk)] = chunk[:-1] + N_SPECIAL
-        targets[row, : len(chunk)] = chunk
+        tokens[row, 1 : len(window)] = window[:-1] + N_SPECIAL
+        targets[row, first : len(window)] = window[first:]
     return tokens, targets
 
 
@@ -248,8 +281,23 @@ class _Objective(nn.Module):
             same = negatives.unsqueeze(0) == target.unsqueeze(1)
             logits = torch.cat([positive.unsqueeze(1), negative.masked_fill(same, -math.inf)], 1)
             target = torch.zeros_like(target)
-        total = F.cross_entropy(logits, target, reduction="sum")
+        total = _cross_entropy(logits, target, p.label_smoothing)
         return total * scale, total.detach() / max(len(target), 1)
+
+
+def _cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Summed cross-entropy, label-smoothed over the classes whose logit is finite.
+
+    Masked classes (-inf: items never trained on, sampled negatives equal to the target)
+    get no smoothing mass, so the loss stays finite.
+    """
+    if smoothing == 0.0:
+        return F.cross_entropy(logits, target, reduction="sum")
+    log_p = logits.log_softmax(-1)
+    allowed = torch.isfinite(logits)
+    nll = -log_p.gather(1, target.unsqueeze(1)).squeeze(1)
+    uniform = -log_p.masked_fill(~allowed, 0.0).sum(-1) / allowed.sum(-1)
+    return ((1.0 - smoothing) * nll + smoothing * uniform).sum()
 
 
 def lr_factor(schedule: str, progress: float) -> float:
@@ -382,7 +430,7 @@ class SequentialRecommender(Recommender):
             torch.manual_seed(p.seed)
             self.net = self._build_net(torch.from_numpy(counts > 0))
             self.text_tower = self._build_tower(device)
-            self._train(training_windows(split.train, p.max_len), counts, device)
+            self._train(split.train, counts, device)
 
     def _build_net(self, id_known: torch.Tensor) -> SequentialNet:
         p = self.params
@@ -419,11 +467,9 @@ class SequentialRecommender(Recommender):
         lora = LoraSettings(r=p.lora_r, alpha=p.lora_alpha, dropout=p.lora_dropout)
         return TextTower(encoder, self.item_texts, p.encoder_finetune, p.text_max_length, lora=lora)
 
-    def _train(
-        self, windows: tuple[np.ndarray, np.ndarray], counts: np.ndarray, device: torch.device
-    ) -> None:
+    def _train(self, train: list[np.ndarray], counts: np.ndarray, device: torch.device) -> None:
         p, net, parallel = self.params, self.net, self._parallel
-        tokens_all, targets_all = (torch.from_numpy(a) for a in windows)
+        windows = training_windows(train, p.max_len, p.window_stride)
         popularity = torch.from_numpy(counts / max(counts.sum(), 1)).to(torch.float32)
         objective = _Objective(net, self.text_tower, popularity, p).to(device)
         groups = [{"params": [q for q in net.parameters() if q.requires_grad], "lr": p.lr}]
@@ -441,6 +487,10 @@ class SequentialRecommender(Recommender):
         for epoch in range(self.epochs_trained, p.epochs):
             # Per-epoch seeds: a resumed fit draws exactly what the uninterrupted one did.
             torch.manual_seed(p.seed * 1_000_003 + epoch * 7_919 + parallel.rank)
+            if p.window_jitter:
+                rng = np.random.default_rng([p.seed, epoch, 1])
+                windows = training_windows(train, p.max_len, p.window_stride, rng)
+            tokens_all, targets_all = (torch.from_numpy(a) for a in windows)
             order = torch.from_numpy(
                 np.random.default_rng([p.seed, epoch]).permutation(len(tokens_all))
             )
@@ -457,7 +507,7 @@ class SequentialRecommender(Recommender):
                 for step, batch in enumerate(batches):
                     local = batch[parallel.rank :: parallel.world_size]
                     tokens, targets = tokens_all[local], targets_all[local]
-                    width = int((targets >= 0).sum(1).max())  # trim the common right padding
+                    width = int((tokens != PAD).sum(1).max())  # trim the common right padding
                     positions = int((targets_all[batch] >= 0).sum())
                     scale = parallel.world_size / (positions * p.grad_accum_steps)
                     with torch.autocast(
