@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from pathlib import Path
 
 from _lmrec_common import PROLOGUE, REPO, START, default_args, task_env
 from airflow.sdk import Param, chain, dag, get_current_context, setup, task, teardown
@@ -60,52 +61,12 @@ fi
 exit "$rc"
 """
 
-# Local deploy: a running `make serve` / `lmrec serve` (artifacts/serve.pid) is restarted on
-# the new package after a candidate server on PORT+1 has proved it loads and answers
-# /readyz; if it does not, the running service is left alone and the task fails. The
-# restart leaves PORT unanswered for the service's start-up time (one local process cannot
-# hand over its socket); behind a load balancer, a rolling update of the Bento image
-# (Kubernetes, maxUnavailable 0) drops no request (dags/README.md).
-DEPLOY_SH = """pidfile=artifacts/serve.pid
-bento=$(python -c 'import json; print(json.load(open("artifacts/package/package.json"))["bento"])')
-ready() { [ "$(curl -s -o /dev/null -w '%{http_code}' "localhost:$1/readyz")" = 200 ]; }
-wait_ready() {  # port pid
-  for _ in $(seq 1 180); do
-    ready "$1" && return 0
-    kill -0 "$2" 2>/dev/null || return 1
-    sleep 1
-  done
-  return 1
-}
-stop() {  # pid of a process group leader (started with setsid)
-  kill -- "-$1" 2>/dev/null || kill "$1" 2>/dev/null || true
-  for _ in $(seq 1 30); do kill -0 "$1" 2>/dev/null || return 0; sleep 1; done
-  kill -9 -- "-$1" 2>/dev/null || true
-}
-if ! { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }; then
-  echo "no local service running ($pidfile): start $bento with make serve"
-  echo "$bento"
-  exit 0
-fi
-spare=$((PORT + 1))
-setsid nohup lmrec serve --port "$spare" > artifacts/serve.candidate.log 2>&1 &
-cand=$!
-if ! wait_ready "$spare" "$cand"; then
-  stop "$cand"
-  echo "the new package did not serve (artifacts/serve.candidate.log); service untouched" >&2
-  exit 1
-fi
-stop "$cand"
-stop "$(cat "$pidfile")"
-setsid nohup lmrec serve --port "$PORT" > artifacts/serve.log 2>&1 &
-echo $! > "$pidfile"
-if ! wait_ready "$PORT" "$(cat "$pidfile")"; then
-  echo "the restarted service is not ready (artifacts/serve.log)" >&2
-  exit 1
-fi
-echo "service restarted on :$PORT with $bento"
-echo "$bento"
-"""
+# Local deploy (dags/deploy.sh): the running service loads the new champion beside the
+# one it serves and swaps it in (POST /admin/reload), so no request is dropped; a package
+# it cannot load is refused and the task fails with the old model still served. Behind a
+# load balancer, a rolling update of the Bento image (Kubernetes, maxUnavailable 0) is the
+# path for a new image (dags/README.md).
+DEPLOY_SH = (Path(__file__).resolve().parent / "deploy.sh").read_text()
 
 
 def _merge(base: dict, update: dict) -> dict:
@@ -215,7 +176,8 @@ def lmrec_retrain():
 
     @task.bash(env={**env, "PORT": "{{ params.serve_port }}"}, **bash)
     def deploy() -> str:
-        """Restart the local service on the new package when one runs; return the Bento tag."""
+        """Swap the new champion into the local service when one runs (no restart, no
+        dropped request); return the Bento tag."""
         return PROLOGUE + DEPLOY_SH
 
     @teardown

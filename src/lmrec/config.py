@@ -224,6 +224,7 @@ class ServeParams(Block):
     challenger_share: float = Field(0.0, ge=0, le=1)
     ab_salt: str = "lmrec-ab"
     feedback_db: str = "feedback/feedback.db"
+    reload_poll_s: float = Field(2.0, ge=0)
 
 
 class MonitorParams(Block):

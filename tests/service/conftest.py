@@ -137,7 +137,7 @@ def write_params(path: Path, **serve: object) -> Path:
 
 def launch(
     root: Path,
-    bundle: Path,
+    bundle: Path | None,
     *,
     challenger: Path | None = None,
     params: Path | None = None,
@@ -145,13 +145,15 @@ def launch(
     load_delay_s: float | None = None,
     feedback_db: Path | None = None,
 ) -> Server:
-    """Start a server in ``root`` (its cwd, log, BentoML home) without waiting for it."""
+    """Start a server in ``root`` (its cwd, log, BentoML home) without waiting for it.
+
+    ``bundle`` None serves from the BentoML model store in ``root / "bentoml"`` (what
+    ``lmrec package`` fills), as a deployed service does."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in OWN_ENV and not k.startswith("BENTOML_")}
     feedback_db = feedback_db or root / "fb.db"
     env.update(
-        LMREC_BUNDLE=str(bundle),
         LMREC_FEEDBACK_DB=str(feedback_db),
         LMREC_PARAMS=str(params or write_params(root / "params.yaml")),
         BENTOML_HOME=str(root / "bentoml"),
@@ -159,6 +161,8 @@ def launch(
         OMP_NUM_THREADS="1",
     )
     env[MARKER_ENV] = uuid.uuid4().hex
+    if bundle is not None:
+        env["LMREC_BUNDLE"] = str(bundle)
     if challenger is not None:
         env["LMREC_CHALLENGER_BUNDLE"] = str(challenger)
     if token is not None:
@@ -195,7 +199,7 @@ def wait_for(server: Server, path: str, timeout_s: float = READY_TIMEOUT_S) -> f
     pytest.fail(f"{path} not 200 after {timeout_s:.0f} s:\n{server.log_tail()}")
 
 
-def start_server(root: Path, bundle: Path, **kwargs: object) -> Server:
+def start_server(root: Path, bundle: Path | None, **kwargs: object) -> Server:
     """Launch a server and wait until ``/readyz`` says it is ready."""
     server = launch(root, bundle, **kwargs)
     try:
@@ -297,6 +301,7 @@ class Launcher:
 
     token = TOKEN
     launch = staticmethod(launch)
+    write_params = staticmethod(write_params)
     start = staticmethod(start_server)
     wait_for = staticmethod(wait_for)
 

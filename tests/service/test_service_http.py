@@ -190,7 +190,7 @@ def test_feedback_round_trip_reaches_the_store(client, server, bundles):
     [None, "Bearer wrong", "Bearer {token}x", "Basic {token}", "{token}"],
     ids=["none", "wrong-token", "token-prefix", "wrong-scheme", "no-scheme"],
 )
-@pytest.mark.parametrize("path", ["/recommend", "/similar_items", "/feedback"])
+@pytest.mark.parametrize("path", ["/recommend", "/similar_items", "/feedback", "/admin/reload"])
 def test_auth_refuses_missing_or_wrong_tokens(auth_server, launcher, path, authorization):
     body = {"user_id": "u", "item_id": "i", "event": "click"}
     headers = (

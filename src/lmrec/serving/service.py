@@ -2,9 +2,16 @@
 
     bentoml serve lmrec.serving.service:LmrecService       # or: lmrec serve
 
-Endpoints: ``POST /recommend``, ``POST /similar_items``, ``POST /feedback``; BentoML's
-``/livez``, ``/readyz`` (503 until the model is loaded) and ``/metrics`` (Prometheus,
-with ``lmrec_requests_total{variant,endpoint,path}``).
+Endpoints: ``POST /recommend``, ``POST /similar_items``, ``POST /feedback``,
+``POST /admin/reload``; BentoML's ``/livez``, ``/readyz`` (503 until the model is loaded)
+and ``/metrics`` (Prometheus, with ``lmrec_requests_total{variant,endpoint,path}`` and
+``lmrec_model_reloads_total{result}``).
+
+Deployment without dropped requests: every worker checks every ``serve.reload_poll_s``
+seconds whether a newer champion/challenger was packaged (``lmrec package`` imports it into
+the BentoML model store as the newest ``lmrec-champion``), loads it beside the one being
+served, smoke-tests it and swaps it in; requests in flight finish on the model they started
+with. ``POST /admin/reload`` does the same at once (on the worker that takes the call).
 
 Configuration (environment; the params file's ``serve`` block for everything else):
 
@@ -30,6 +37,7 @@ import os
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -39,6 +47,7 @@ from pydantic import Field
 from starlette.responses import JSONResponse
 
 from lmrec.config import ServeParams, load_params
+from lmrec.serving.bundle import BUNDLE_FILE
 from lmrec.serving.engine import Engine, RequestError
 from lmrec.serving.feedback import FeedbackEvent, FeedbackStore
 from lmrec.serving.guard import GuardMiddleware
@@ -57,6 +66,13 @@ REQUESTS = bentoml.metrics.Counter(
     documentation="Answered API requests by variant, endpoint and scoring path",
     labelnames=["variant", "endpoint", "path"],
 )
+RELOADS = bentoml.metrics.Counter(
+    name="lmrec_model_reloads_total",
+    documentation="Model (re)loads by result: loaded or failed (the old model stays served)",
+    labelnames=["result"],
+)
+#: a bundle that failed to load is retried this many times before waiting for a new one
+MAX_LOAD_ATTEMPTS = 3
 
 
 def serve_params() -> ServeParams:
@@ -69,11 +85,25 @@ def serve_params() -> ServeParams:
 SERVE_PARAMS = serve_params()  # read once per process (the middleware needs it at import)
 
 
-def _bundle_dir(env: str, tag: str, required: bool) -> Path | None:
+@dataclass(frozen=True)
+class Source:
+    """Where a variant's bundle is and what identifies its content (a new identity is a
+    new deployment: a newer model in the store, or a rewritten bundle directory)."""
+
+    path: Path
+    identity: str
+
+
+def _source(env: str, tag: str, required: bool) -> Source | None:
     if os.environ.get(env):
-        return Path(os.environ[env])
+        path = Path(os.environ[env])
+        try:
+            stamp = (path / BUNDLE_FILE).stat().st_mtime_ns
+        except OSError:
+            stamp = 0
+        return Source(path, f"{path.resolve()}@{stamp}")
     try:
-        return Path(bentoml.models.get(tag).path)
+        model = bentoml.models.get(tag)
     except bentoml.exceptions.NotFound:
         if required:
             raise RuntimeError(
@@ -81,6 +111,16 @@ def _bundle_dir(env: str, tag: str, required: bool) -> Path | None:
                 f"(BentoML model {tag} not found)"
             ) from None
         return None
+    return Source(Path(model.path), f"{model.tag}@{model.info.creation_time.isoformat()}")
+
+
+def _sources() -> dict[str, Source]:
+    """The bundles to serve now: the champion, and the challenger when there is one."""
+    sources = {"champion": _source("LMREC_BUNDLE", CHAMPION_TAG, required=True)}
+    challenger = _source("LMREC_CHALLENGER_BUNDLE", CHALLENGER_TAG, required=False)
+    if challenger is not None:
+        sources["challenger"] = challenger
+    return sources
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -93,39 +133,93 @@ class LmrecService:
 
     def __init__(self) -> None:
         self.params = SERVE_PARAMS
-        self.engines: dict[str, Any] = {}
+        self.engines: dict[str, Any] = {}  # replaced whole, never mutated: see _refresh
         self.load_error: str | None = None
+        self._identities: dict[str, str] = {}
+        self._failed: tuple[dict[str, str], int] = ({}, 0)  # identities, attempts
+        self._reload_lock = threading.Lock()
         self._feedback = None
         self._feedback_lock = threading.Lock()
         threading.Thread(target=self._load, name="lmrec-load", daemon=True).start()
 
     # ------------------------------------------------------------ loading
     def _load(self) -> None:
-        """Load the engines in the background so that /readyz can say "not yet"."""
-        try:
-            delay = float(os.environ.get("LMREC_LOAD_DELAY_S", "0"))  # slow storage, tests
-            # One request at a time per worker: intra-op threads would only fight the HTTP
-            # layer for the cores (scale with workers/replicas instead).
-            torch.set_num_threads(int(os.environ.get("LMREC_TORCH_THREADS", "1")))
+        """Load the engines in the background (so that /readyz can say "not yet"), then
+        watch for newly packaged models every ``serve.reload_poll_s`` seconds."""
+        # One request at a time per worker: intra-op threads would only fight the HTTP
+        # layer for the cores (scale with workers/replicas instead).
+        torch.set_num_threads(int(os.environ.get("LMREC_TORCH_THREADS", "1")))
+        time.sleep(float(os.environ.get("LMREC_LOAD_DELAY_S", "0")))  # slow storage, tests
+        self._refresh()
+        while self.params.reload_poll_s > 0:
+            time.sleep(self.params.reload_poll_s)
+            self._refresh()
 
-            champion = _bundle_dir("LMREC_BUNDLE", CHAMPION_TAG, required=True)
-            challenger = _bundle_dir("LMREC_CHALLENGER_BUNDLE", CHALLENGER_TAG, required=False)
-            engines = {"champion": Engine.load(champion, self.params)}
-            if challenger is not None:
-                engines["challenger"] = Engine.load(challenger, self.params)
-            time.sleep(delay)
-            self.engines = engines
-            versions = {k: e.version for k, e in engines.items()}
-            log.info("lmrec models loaded: %s", versions)
-        except Exception as err:  # reported by /readyz staying 503 and in the log
-            self.load_error = f"{type(err).__name__}: {err}"
-            log.exception("lmrec: loading the model failed")
+    def _refresh(self) -> dict[str, Any]:
+        """Load what is to be served now if it changed, then swap it in atomically.
+
+        Requests hold on to the engine dict they started with, so a swap never interrupts
+        one: answers switch to the new model from the next request on. A model that fails
+        to load (or to answer a smoke request) is never swapped in; the old one stays
+        served, and the failure is in the answer, the log and ``lmrec_model_reloads_total``.
+        """
+        with self._reload_lock:
+            current = self.engines
+            try:
+                sources = _sources()
+            except Exception as err:  # e.g. nothing packaged yet: keep serving what we have
+                return self._failure(current, {}, err)
+            identities = {variant: source.identity for variant, source in sources.items()}
+            if identities == self._identities:
+                return self._status("unchanged", current)
+            failed, attempts = self._failed
+            if failed == identities and attempts >= MAX_LOAD_ATTEMPTS:
+                return self._status("failed", current)
+            try:
+                engines = {}
+                for variant, source in sources.items():
+                    if self._identities.get(variant) == source.identity:
+                        engines[variant] = current[variant]
+                        continue
+                    engine = Engine.load(source.path, self.params)
+                    engine.recommend(None, [], 1, True, False, 0.0)  # it answers
+                    engines[variant] = engine
+            except Exception as err:
+                return self._failure(current, identities, err)
+            self.engines, self._identities = engines, identities
+            self.load_error, self._failed = None, ({}, 0)
+            RELOADS.labels(result="loaded").inc()
+            previous = {variant: engine.version for variant, engine in current.items()}
+            log.info("lmrec models loaded: %s (before: %s)", self._versions(engines), previous)
+            return {**self._status("reloaded", engines), "previous": previous}
+
+    def _failure(
+        self, current: dict[str, Any], identities: dict[str, str], err: Exception
+    ) -> dict[str, Any]:
+        failed, attempts = self._failed
+        self._failed = (identities, attempts + 1 if failed == identities else 1)
+        message = f"{type(err).__name__}: {err}"
+        if message != self.load_error:  # log a persistent failure once, not every poll
+            log.error("lmrec: loading the model failed: %s", message)
+        self.load_error = message
+        RELOADS.labels(result="failed").inc()
+        return self._status("failed", current)
+
+    @staticmethod
+    def _versions(engines: dict[str, Any]) -> dict[str, str]:
+        return {variant: engine.version for variant, engine in engines.items()}
+
+    def _status(self, status: str, engines: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": status, "versions": self._versions(engines)}
+        if status == "failed":
+            out["error"] = self.load_error
+        return out
 
     def __is_ready__(self) -> bool:
         return bool(self.engines)
 
-    def _variant(self, user_id: str | None) -> str:
-        if "challenger" not in self.engines or user_id is None:
+    def _variant(self, engines: dict[str, Any], user_id: str | None) -> str:
+        if "challenger" not in engines or user_id is None:
             return "champion"
         digest = hashlib.sha256(f"{self.params.ab_salt}:{user_id}".encode()).digest()
         bucket = int.from_bytes(digest[:8], "big") / 2**64
@@ -151,8 +245,9 @@ class LmrecService:
         """Top-k items for a user (by id), a posted session history, or both."""
         if (busy := self._not_ready()) is not None:
             return busy
-        variant = self._variant(user_id)
-        engine = self.engines[variant]
+        engines = self.engines  # one model set for the whole request, even across a reload
+        variant = self._variant(engines, user_id)
+        engine = engines[variant]
         try:
             result = engine.recommend(user_id, history, k, exclude_seen, explain, diversity)
         except RequestError as err:
@@ -171,7 +266,7 @@ class LmrecService:
         """The items closest to ``item_id`` by text embedding."""
         if (busy := self._not_ready()) is not None:
             return busy
-        engine = self.engines["champion"]
+        engine = self.engines["champion"]  # one lookup: a reload swaps the whole dict
         try:
             result = engine.similar_items(item_id, k)
         except RequestError as err:
@@ -192,9 +287,10 @@ class LmrecService:
         retraining through the ``feedback`` ingest source."""
         if (busy := self._not_ready()) is not None:
             return busy
-        variant = variant or self._variant(user_id)
-        if variant not in self.engines:
-            return error(422, f"variant must be one of {sorted(self.engines)}, got {variant!r}")
+        engines = self.engines
+        variant = variant or self._variant(engines, user_id)
+        if variant not in engines:
+            return error(422, f"variant must be one of {sorted(engines)}, got {variant!r}")
         try:
             event_row = FeedbackEvent(
                 user_id=user_id,
@@ -202,7 +298,7 @@ class LmrecService:
                 event=event,
                 timestamp=time.time(),
                 request_id=request_id,
-                model_version=self.engines[variant].version,
+                model_version=engines[variant].version,
                 variant=variant,
             )
         except ValueError as err:
@@ -217,6 +313,17 @@ class LmrecService:
                 return error(422, str(err))
         REQUESTS.labels(variant=variant, endpoint="feedback", path="store").inc()
         return {"status": "recorded", "seq": seq, "variant": variant}
+
+    @bentoml.api(route="/admin/reload")
+    def reload(self) -> dict[str, Any]:
+        """Load a newly packaged champion/challenger now (workers also poll for one every
+        ``serve.reload_poll_s``) and swap it in without interrupting requests. Answers
+        ``status`` (reloaded | unchanged | failed, with ``error``) and the ``versions`` served
+        by this worker afterwards; a failed load leaves the previous model served (409)."""
+        result = self._refresh()
+        if result["status"] == "failed":
+            return JSONResponse(result, status_code=409 if self.engines else 503)
+        return result
 
 
 LmrecService.add_asgi_middleware(
