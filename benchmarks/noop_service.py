@@ -5,7 +5,9 @@
 Same BentoML settings as ``lmrec.serving.service:LmrecService`` (one worker, 30 s timeout,
 a synchronous API run in BentoML's thread pool) and the same request and response shape,
 but the answer is a constant list of ``k`` items: what is left is what BentoML itself costs
-(HTTP, JSON, validation, dispatch). Nothing from lmrec is imported.
+(HTTP, JSON, validation, dispatch). Like lmrec it hands its answer over as a ready
+``JSONResponse`` (BentoML would otherwise build a pydantic schema of the ``dict`` return
+type per request), so the ratio measures lmrec's own work. Nothing from lmrec is imported.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from functools import lru_cache
 from typing import Any
 
 import bentoml
+from starlette.responses import JSONResponse
 
 
 @lru_cache(maxsize=128)
@@ -40,10 +43,12 @@ class NoopService:
         diversity: float = 0.0,
     ) -> dict[str, Any]:
         """A constant list of ``k`` items, shaped like lmrec's answer."""
-        return {
-            "items": list(_items(max(1, min(k, 100)))),
-            "model_version": "noop",
-            "variant": "champion",
-            "request_id": uuid.uuid4().hex,
-            "path": "noop",
-        }
+        return JSONResponse(
+            {
+                "items": list(_items(max(1, min(k, 100)))),
+                "model_version": "noop",
+                "variant": "champion",
+                "request_id": uuid.uuid4().hex,
+                "path": "noop",
+            }
+        )

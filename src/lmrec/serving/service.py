@@ -31,6 +31,7 @@ response names its ``variant`` and ``model_version``.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import os
@@ -71,6 +72,19 @@ RELOADS = bentoml.metrics.Counter(
     documentation="Model (re)loads by result: loaded or failed (the old model stays served)",
     labelnames=["result"],
 )
+_COUNTERS: dict[tuple[str, str, str], Any] = {}
+
+
+def count(variant: str, endpoint: str, path: str) -> None:
+    """``lmrec_requests_total{variant,endpoint,path} += 1`` (label children cached: the
+    label lookup is a lock and a dict per call otherwise)."""
+    key = (variant, endpoint, path)
+    child = _COUNTERS.get(key)
+    if child is None:
+        child = _COUNTERS[key] = REQUESTS.labels(variant=variant, endpoint=endpoint, path=path)
+    child.inc()
+
+
 #: a bundle that failed to load is retried this many times before waiting for a new one
 MAX_LOAD_ATTEMPTS = 3
 
@@ -125,6 +139,21 @@ def _sources() -> dict[str, Source]:
 
 def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+def answer(body: dict[str, Any]) -> JSONResponse:
+    """A 200 JSON answer, handed to the HTTP layer as it is: BentoML would otherwise build a
+    pydantic JSON schema and model of the declared ``dict`` return type on every request."""
+    return JSONResponse(body)
+
+
+def _settle_heap() -> None:
+    """Collect, then move everything alive (the loaded models: many long-lived objects)
+    out of the garbage collector's sight, so that full collections during serving stay
+    short instead of walking the catalog and user tables (latency tails)."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 @bentoml.service(name="lmrec", traffic={"timeout": 30}, workers=1)
@@ -189,7 +218,9 @@ class LmrecService:
             self.engines, self._identities = engines, identities
             self.load_error, self._failed = None, ({}, 0)
             RELOADS.labels(result="loaded").inc()
-            previous = {variant: engine.version for variant, engine in current.items()}
+            previous = self._versions(current)
+            current = {}  # the replaced engines go once no request holds them any more
+            _settle_heap()
             log.info("lmrec models loaded: %s (before: %s)", self._versions(engines), previous)
             return {**self._status("reloaded", engines), "previous": previous}
 
@@ -252,14 +283,16 @@ class LmrecService:
             result = engine.recommend(user_id, history, k, exclude_seen, explain, diversity)
         except RequestError as err:
             return error(err.status, str(err))
-        REQUESTS.labels(variant=variant, endpoint="recommend", path=result["path"]).inc()
-        return {
-            "items": result["items"],
-            "model_version": engine.version,
-            "variant": variant,
-            "request_id": uuid.uuid4().hex,
-            "path": result["path"],
-        }
+        count(variant, "recommend", result["path"])
+        return answer(
+            {
+                "items": result["items"],
+                "model_version": engine.version,
+                "variant": variant,
+                "request_id": uuid.uuid4().hex,
+                "path": result["path"],
+            }
+        )
 
     @bentoml.api(route="/similar_items")
     def similar_items(self, item_id: str, k: StrictInt = 10) -> dict[str, Any]:
@@ -271,8 +304,8 @@ class LmrecService:
             result = engine.similar_items(item_id, k)
         except RequestError as err:
             return error(err.status, str(err))
-        REQUESTS.labels(variant="champion", endpoint="similar_items", path="text").inc()
-        return {**result, "model_version": engine.version, "request_id": uuid.uuid4().hex}
+        count("champion", "similar_items", "text")
+        return answer({**result, "model_version": engine.version, "request_id": uuid.uuid4().hex})
 
     @bentoml.api(route="/feedback")
     def feedback(
@@ -311,8 +344,8 @@ class LmrecService:
                 seq = self._feedback.append(event_row)
             except ValueError as err:
                 return error(422, str(err))
-        REQUESTS.labels(variant=variant, endpoint="feedback", path="store").inc()
-        return {"status": "recorded", "seq": seq, "variant": variant}
+        count(variant, "feedback", "store")
+        return answer({"status": "recorded", "seq": seq, "variant": variant})
 
     @bentoml.api(route="/admin/reload")
     def reload(self) -> dict[str, Any]:
@@ -323,7 +356,7 @@ class LmrecService:
         result = self._refresh()
         if result["status"] == "failed":
             return JSONResponse(result, status_code=409 if self.engines else 503)
-        return result
+        return answer(result)
 
 
 LmrecService.add_asgi_middleware(
