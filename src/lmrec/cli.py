@@ -512,14 +512,22 @@ def drift(
         Path | None,
         typer.Option(help="the service's feedback log. Default: params serve.feedback_db."),
     ] = None,
+    score_model: Annotated[
+        Path | None,
+        typer.Option(
+            help="model trained on the split, for score_shift. Default: params "
+            "monitor.score_model (null there: no score_shift)."
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option(help="output directory for drift.json.")] = Path(
         "artifacts/monitor"
     ),
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Compare the last monitor.window_days of feedback with the training split: unseen
-    users and items, popularity shift, catalog churn (params monitor). Exit 0: no drift (or
-    too few events to judge); exit 5: drift (reasons printed and in drift.json).
+    users and items, popularity shift, catalog churn, and score shift (how the model ranks
+    the window's items vs the test items; params monitor). Exit 0: no drift (or too few
+    events to judge); exit 5: drift (reasons printed and in drift.json).
     """
     from lmrec.config import load_params
     from lmrec.stages import drift as stage
@@ -527,13 +535,16 @@ def drift(
     try:
         cfg = load_params(params)
         db = feedback or Path(cfg.serve.feedback_db)
-        report = stage.run(cfg.monitor, split, db, out)
+        monitor = cfg.monitor
+        if score_model is not None:
+            monitor = monitor.model_copy(update={"score_model": str(score_model)})
+        report = stage.run(monitor, split, db, out)
     except LmrecError as err:
         raise _fail(err) from None
     if report["metrics"]:
         metrics = {k: round(v, 4) for k, v in report["metrics"].items()}
         _show(f"drift check on {report['n_events']:,} events", metrics)
-    for reason in report["reasons"]:
+    for reason in [*report["reasons"], *report["notes"]]:
         typer.echo(f"  {reason}")
     if not report["drifted"]:
         typer.secho(f"no drift ({out}/drift.json)", bold=True, fg=typer.colors.GREEN)

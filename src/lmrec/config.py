@@ -229,7 +229,10 @@ class ServeParams(Block):
 
 class MonitorParams(Block):
     """Drift monitoring (``lmrec drift``): feedback events of the last ``window_days``
-    against the training split; any metric above its ``max_*`` threshold is drift."""
+    against the training split; any metric above its ``max_*`` threshold is drift.
+
+    ``score_model`` is the model trained on the monitored split (relative to the working
+    directory); ``None`` turns ``score_shift`` off, a missing directory skips it."""
 
     window_days: float = Field(7.0, gt=0)
     min_events: int = Field(100, ge=1)
@@ -238,6 +241,9 @@ class MonitorParams(Block):
     max_popularity_shift: float = Field(0.3, ge=0, le=1)
     popularity_bins: int = Field(10, ge=2)
     max_catalog_churn: float = Field(0.2, ge=0, le=1)
+    max_score_shift: float = Field(0.3, ge=0, le=1)
+    score_bins: int = Field(10, ge=2)
+    score_model: str | None = "artifacts/train/model"
 
 
 class Params(Block):

@@ -1,4 +1,8 @@
-"""The drift check: metrics on hand-made data, the verdict, and `lmrec drift` end to end."""
+"""The drift check: metrics on hand-made data, the verdict, and `lmrec drift` end to end.
+
+The model-based ``score_shift`` metric is tested in test_score_shift.py; here it is off
+(or its model is missing), so these tests do not depend on what the checkout has trained.
+"""
 
 from __future__ import annotations
 
@@ -95,7 +99,8 @@ def test_stage_pseudonymises_and_writes_json(tmp_path, tiny_split_dir):
     items = rng.choice(split.items["item_id"].to_numpy(), 400, p=weights / weights.sum())
     db = tmp_path / "feedback.db"
     _feedback(db, rng.choice(raw_users, 400).tolist(), items.tolist(), [time.time() - 60] * 400)
-    report = stage.run(MonitorParams(min_events=50), tiny_split_dir, db, tmp_path / "out")
+    cfg = MonitorParams(min_events=50, score_model=None)  # score_shift: test_score_shift.py
+    report = stage.run(cfg, tiny_split_dir, db, tmp_path / "out")
     assert report["metrics"]["unseen_user_rate"] == 0.0
     assert report["metrics"]["catalog_churn"] == 0.0
     assert not report["drifted"], report["reasons"]
@@ -111,11 +116,15 @@ def test_cli_exit_codes(tmp_path, tiny_split_dir):
     strangers = [f"stranger{i}" for i in range(n)]
     _feedback(db, strangers, rng.choice(cold, n).tolist(), [time.time() - 60] * n)
     args = ["drift", "--split", str(tiny_split_dir), "--feedback", str(db)]
-    done = runner.invoke(app, [*args, "--out", str(tmp_path / "m")])
+    # No model there: score_shift is skipped (whatever this checkout has trained).
+    no_model = ["--score-model", str(tmp_path / "no-model")]
+    done = runner.invoke(app, [*args, *no_model, "--out", str(tmp_path / "m")])
     assert done.exit_code == DRIFTED_EXIT_CODE, done.output
     assert "drift detected" in done.output and "catalog_churn" in done.output
+    assert "score_shift: skipped, no model at" in done.output
     report = json.loads((tmp_path / "m" / "drift.json").read_text())
     assert report["drifted"] and report["exit_code"] == DRIFTED_EXIT_CODE
+    assert "score_shift" not in report["metrics"]
     none = tmp_path / "none.db"
     missing = runner.invoke(app, ["drift", "--split", str(tiny_split_dir), "--feedback", str(none)])
     assert missing.exit_code == DataError.exit_code
@@ -127,6 +136,6 @@ def test_cli_exit_codes(tmp_path, tiny_split_dir):
 def test_empty_log_is_not_judged(tmp_path, tiny_split_dir):
     db = tmp_path / "feedback.db"
     FeedbackStore(db).close()  # the service created the log; nobody posted yet
-    report = stage.run(MonitorParams(), tiny_split_dir, db, tmp_path / "out")
+    report = stage.run(MonitorParams(score_model=None), tiny_split_dir, db, tmp_path / "out")
     assert not report["drifted"] and not report["judged"] and report["exit_code"] == 0
     assert "only 0 feedback event(s)" in report["reasons"][0]

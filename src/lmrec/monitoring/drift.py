@@ -3,7 +3,7 @@
 The training side is the preprocess split (pseudonymised user ids; the item table with
 ``item_id`` and ``n_train``, the training interactions per item). The live side is the
 feedback log the service appends to (raw user ids, float unix-second timestamps), of which
-only the last ``window_days`` count. Four metrics, each in [0, 1] with a ``max_*``
+only the last ``window_days`` count. Five metrics, each in [0, 1] with a ``max_*``
 threshold in the ``monitor`` params block:
 
 - ``unseen_user_rate``: share of the window's distinct users absent from training;
@@ -15,17 +15,29 @@ threshold in the ``monitor`` params block:
   by sampling noise alone (a 400-event sample of MovieLens' own training distribution is
   0.64 away item by item, under 0.1 over 10 bins);
 - ``catalog_churn``: share of the window's catalog events on items with no training
-  interaction (the cold items, or items added since).
+  interaction (the cold items, or items added since);
+- ``score_shift``: how much lower the model ranks what users do now than what it was
+  evaluated on. One-sided Kolmogorov-Smirnov distance between two samples of rank
+  percentiles (``rank_percentiles``: 0 = the model's first choice) over ``score_bins``
+  equal-width bins, so feedback concentrated on the model's top picks is not drift: the
+  reference sample is the rank of each user's held-out test item
+  given the user's test-time history; the live sample is the rank of each window event's
+  item, for events by users known to the split on items of the catalog, given that
+  user's full history in the split (test-time history plus the test item). Behaviour
+  drifting away from what the model learned pushes live items down its rankings.
 
-No score-distribution check: it would need the model (torch) and a scoring pass, and the
-four data metrics already say when the model is stale. The verdict is ``drifted`` when any
-metric exceeds its threshold; with fewer than ``min_events`` events nothing is judged.
+The first four need only the data; ``score_shift`` needs the model (``score_model``) and a
+scoring pass, which the drift stage does (torch stays out of this module) and passes in
+here. It is left out, with a note saying why, when the model is disabled or missing or
+fewer than ``min_events`` window events qualify for its live sample. The verdict is
+``drifted`` when any computed metric exceeds its threshold; with fewer than ``min_events``
+events in the window nothing is judged.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -41,6 +53,7 @@ THRESHOLDS = {
     "unseen_item_rate": "max_unseen_item_rate",
     "popularity_shift": "max_popularity_shift",
     "catalog_churn": "max_catalog_churn",
+    "score_shift": "max_score_shift",
 }
 
 
@@ -75,6 +88,43 @@ def popularity_bins(n_train: np.ndarray, n_bins: int) -> np.ndarray:
     return bins
 
 
+def rank_percentiles(scores: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Per row, the share of catalog items scored strictly higher than the row's item.
+
+    0.0: the model ranks the item first; (n_items - 1) / n_items: last. Non-finite scores
+    (NaN, +-inf) count as the lowest, so a broken score never ranks an item first.
+
+    Args:
+        scores: [n, n_items] scores, higher is better.
+        items: [n] item index per row.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    items = np.asarray(items, dtype=np.int64)
+    if scores.ndim != 2 or items.shape != (len(scores),):
+        raise ValueError(f"scores {scores.shape} and items {items.shape}: expected [n, k] and [n]")
+    clean = np.where(np.isfinite(scores), scores, -np.inf)
+    own = clean[np.arange(len(items)), items]
+    higher = np.count_nonzero(clean > own[:, None], axis=1)
+    return higher / max(scores.shape[1], 1)
+
+
+def score_shift(reference: np.ndarray, live: np.ndarray, n_bins: int) -> float:
+    """How far live items sank in the model's rankings against the reference sample.
+
+    One-sided Kolmogorov-Smirnov distance over ``n_bins`` equal-width bins of [0, 1]:
+    the largest excess, at any bin edge x, of the reference share ranked within the top x
+    over the live share ranked there. 0 when live items rank at least as high as the
+    reference (feedback on the model's own top picks is no drift); 1 when every reference
+    item ranks above every live item.
+    """
+    bins = np.linspace(0.0, 1.0, n_bins + 1)
+    ref_counts, _ = np.histogram(np.clip(reference, 0.0, 1.0), bins=bins)
+    live_counts, _ = np.histogram(np.clip(live, 0.0, 1.0), bins=bins)
+    ref_cdf = np.cumsum(ref_counts) / max(ref_counts.sum(), 1)
+    live_cdf = np.cumsum(live_counts) / max(live_counts.sum(), 1)
+    return float(max(0.0, np.max(ref_cdf - live_cdf)))
+
+
 def drift_metrics(
     train_users: Iterable[str], catalog: pd.DataFrame, events: pd.DataFrame, n_bins: int = 10
 ) -> dict[str, float]:
@@ -105,12 +155,12 @@ def drift_metrics(
     }
 
 
-def verdict(metrics: dict[str, float], cfg: MonitorParams) -> tuple[bool, list[str]]:
-    """(drifted, one reason per metric over its threshold)."""
+def verdict(metrics: Mapping[str, float], cfg: MonitorParams) -> tuple[bool, list[str]]:
+    """(drifted, one reason per metric over its threshold); absent metrics are skipped."""
     reasons = []
     for name, field in THRESHOLDS.items():
         limit = getattr(cfg, field)
-        if metrics[name] > limit:
+        if name in metrics and metrics[name] > limit:
             reasons.append(f"{name} {metrics[name]:.4f} > {field} {limit:g}")
     return bool(reasons), reasons
 
@@ -121,8 +171,10 @@ def check_drift(
     catalog: pd.DataFrame,
     events: pd.DataFrame,
     now: float,
+    model_metrics: Mapping[str, float] | None = None,
+    notes: Iterable[str] = (),
 ) -> dict:
-    """The drift report: metrics, thresholds, ``drifted`` and the reasons.
+    """The drift report: metrics, thresholds, ``drifted``, the reasons and notes.
 
     Args:
         cfg: the ``monitor`` params block.
@@ -131,6 +183,9 @@ def check_drift(
         events: feedback events (``user_id`` already pseudonymised, ``item_id``,
             ``timestamp`` in unix seconds); only the last ``cfg.window_days`` count.
         now: the end of the window, unix seconds.
+        model_metrics: metrics the caller computed with the model (``score_shift``),
+            judged with the others; ignored when the window is too small to judge.
+        notes: why a metric was left out (kept in the report; never drift).
     """
     window = recent_events(events, cfg.window_days, now)
     report = {
@@ -138,6 +193,7 @@ def check_drift(
         "n_events_total": len(events),
         "window": {"start": now - cfg.window_days * 86_400, "end": now, "days": cfg.window_days},
         "thresholds": {name: getattr(cfg, field) for name, field in THRESHOLDS.items()},
+        "notes": list(notes),
     }
     if len(window) < cfg.min_events:
         reason = (
@@ -146,6 +202,7 @@ def check_drift(
         )
         return {**report, "metrics": {}, "drifted": False, "judged": False, "reasons": [reason]}
     metrics = drift_metrics(train_users, catalog, window, cfg.popularity_bins)
+    metrics.update(model_metrics or {})
     drifted, reasons = verdict(metrics, cfg)
     if not drifted:
         reasons = ["every metric is within its threshold"]

@@ -4,25 +4,40 @@ Not a DVC stage (the feedback log changes all the time); the ``lmrec_monitor`` A
 DAG runs it daily through ``lmrec drift`` and triggers a retrain when it reports drift:
 
     {"drifted": bool, "judged": bool, "reasons": [...], "metrics": {...},
-     "thresholds": {...}, "n_events": ..., "window": {...}, "exit_code": 0 | 5}
+     "thresholds": {...}, "notes": [...], "n_events": ..., "window": {...},
+     "score_model": str | null, "exit_code": 0 | 5}
+
+``score_shift`` (see ``lmrec.monitoring.drift``) scores histories with the model at
+``monitor.score_model``; ``notes`` says why it is missing from ``metrics`` when it is.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from lmrec.config import MonitorParams
 from lmrec.data.contract import pseudonymise
-from lmrec.features.dataset import load_split
+from lmrec.features.dataset import SplitData, load_split
 from lmrec.io import DataError, write_json
-from lmrec.monitoring.drift import DRIFTED_EXIT_CODE, check_drift
+from lmrec.models.base import Recommender
+from lmrec.monitoring.drift import (
+    DRIFTED_EXIT_CODE,
+    check_drift,
+    rank_percentiles,
+    recent_events,
+    score_shift,
+)
 from lmrec.serving.feedback import FeedbackStore
 
 DRIFT_FILE = "drift.json"
+#: Histories scored per model call (bounds memory to [SCORE_BATCH, n_items] scores).
+SCORE_BATCH = 256
 
 
 def read_feedback(db: Path) -> pd.DataFrame:
@@ -40,6 +55,107 @@ def read_feedback(db: Path) -> pd.DataFrame:
         raise DataError(f"{db}: cannot be read as a feedback log: {err}") from err
 
 
+def percentiles(
+    model: Recommender, histories: list[np.ndarray], rows: np.ndarray, items: np.ndarray
+) -> np.ndarray:
+    """Rank percentile of ``items[k]`` given ``histories[rows[k]]``, each history scored once.
+
+    Args:
+        model: a fitted recommender.
+        histories: item-index histories, scored ``SCORE_BATCH`` at a time.
+        rows: per event, the index of its history in ``histories``.
+        items: per event, the item index whose rank is wanted.
+    """
+    out = np.empty(len(items), dtype=np.float64)
+    for start in range(0, len(histories), SCORE_BATCH):
+        scores = model.score(histories[start : start + SCORE_BATCH], allow_nonfinite=True)
+        mine = np.flatnonzero((rows >= start) & (rows < start + SCORE_BATCH))
+        for lo in range(0, len(mine), SCORE_BATCH):
+            chunk = mine[lo : lo + SCORE_BATCH]
+            out[chunk] = rank_percentiles(scores[rows[chunk] - start], items[chunk])
+    return out
+
+
+def live_events(split: SplitData, window: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(user index, item index) of the window's events by split users on catalog items.
+
+    Args:
+        split: the monitored split.
+        window: the window's events (pseudonymised ``user_id``, ``item_id``).
+    """
+    user_index = pd.Series(np.arange(split.n_users), index=split.user_ids)
+    item_index = pd.Series(split.items["item_idx"].to_numpy(), index=split.items["item_id"])
+    users = window["user_id"].map(user_index).to_numpy(dtype=np.float64)
+    items = window["item_id"].map(item_index).to_numpy(dtype=np.float64)
+    known = ~np.isnan(users) & ~np.isnan(items)
+    return users[known].astype(np.int64), items[known].astype(np.int64)
+
+
+def reference_sample(model: Recommender, split: SplitData) -> np.ndarray:
+    """Rank percentile of each user's test item given the user's test-time history."""
+    tested = np.flatnonzero(split.test_items >= 0)
+    histories = [split.history_for(int(u), "test") for u in tested]
+    return percentiles(model, histories, np.arange(len(tested)), split.test_items[tested])
+
+
+def live_sample(
+    model: Recommender, split: SplitData, users: np.ndarray, items: np.ndarray
+) -> np.ndarray:
+    """Rank percentile of each event's item given everything the split knows about its
+    user: the test-time history followed by the test item (when the user has one)."""
+    distinct, rows = np.unique(users, return_inverse=True)
+    histories = []
+    for u in distinct:
+        hist, test = split.history_for(int(u), "test"), split.test_items[u]
+        histories.append(np.append(hist, test) if test >= 0 else hist)
+    return percentiles(model, histories, rows, items)
+
+
+def model_score_shift(
+    cfg: MonitorParams, split: SplitData, split_dir: Path, window: pd.DataFrame
+) -> tuple[dict[str, float], list[str]]:
+    """({"score_shift": value} or {}, notes saying why it was left out).
+
+    Raises:
+        DataError: the model scores another number of items than the split holds.
+        ModelLoadError: ``cfg.score_model`` exists but is not a saved model.
+    """
+    if cfg.score_model is None:
+        return {}, ["score_shift: off (monitor.score_model is null)"]
+    path = Path(cfg.score_model).resolve()
+    if not path.is_dir():
+        return {}, [f"score_shift: skipped, no model at {path} (train first)"]
+    from lmrec.models.registry import load_model  # torch: only when a model is scored
+
+    model = load_model(path)
+    if model.n_items != split.n_items:
+        raise DataError(
+            f"{path}: the model scores {model.n_items} items but the split {split_dir} has "
+            f"{split.n_items}; monitor.score_model must be trained on the monitored split"
+        )
+    ids_file = path / "item_ids.json"
+    if ids_file.is_file():
+        split_ids = split.items.sort_values("item_idx")["item_id"].astype(str).tolist()
+        model_ids = [str(i) for i in json.loads(ids_file.read_text())]
+        if model_ids != split_ids:
+            raise DataError(
+                f"{ids_file}: the model's catalog differs from the split {split_dir}'s "
+                "(same size, other items or order); monitor.score_model must be trained "
+                "on the monitored split"
+            )
+    users, items = live_events(split, window)
+    if len(users) < cfg.min_events:
+        return {}, [
+            f"score_shift: skipped, only {len(users)} window event(s) by split users on "
+            f"catalog items (min_events {cfg.min_events})"
+        ]
+    reference = reference_sample(model, split)
+    if not len(reference):
+        return {}, ["score_shift: skipped, the split has no test items"]
+    live = live_sample(model, split, users, items)
+    return {"score_shift": score_shift(reference, live, cfg.score_bins)}, []
+
+
 def run(
     cfg: MonitorParams,
     split_dir: Path,
@@ -50,20 +166,26 @@ def run(
     """Check drift; write ``out_dir/drift.json``; return the report.
 
     Raises:
-        DataError: the split or the feedback log is missing or unreadable.
+        DataError: the split or the feedback log is missing or unreadable, or the
+            ``score_model`` does not match the split's catalog.
+        ModelLoadError: ``score_model`` exists but is not a saved model.
     """
     if not (split_dir / "summary.json").is_file():
         raise DataError(f"{split_dir}: not a preprocess split (run `lmrec preprocess` first)")
     split = load_split(split_dir)
     events = read_feedback(feedback_db)
     events = events.assign(user_id=pseudonymise(events["user_id"]))
-    report = check_drift(
-        cfg, split.user_ids, split.items, events, time.time() if now is None else now
-    )
+    now = time.time() if now is None else now
+    scored, notes = {}, []
+    window = recent_events(events, cfg.window_days, now)
+    if len(window) >= cfg.min_events:  # else nothing is judged: skip the scoring pass
+        scored, notes = model_score_shift(cfg, split, split_dir, window)
+    report = check_drift(cfg, split.user_ids, split.items, events, now, scored, notes)
     report = {
         **report,
         "split": str(split_dir),
         "feedback": str(feedback_db),
+        "score_model": None if cfg.score_model is None else str(Path(cfg.score_model).resolve()),
         "exit_code": DRIFTED_EXIT_CODE if report["drifted"] else 0,
     }
     write_json(out_dir / DRIFT_FILE, report)
