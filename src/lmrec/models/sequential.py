@@ -251,6 +251,14 @@ class _Objective(nn.Module):
         super().__init__()
         self.net, self.tower, self.p = net, tower, p
         self.register_buffer("popularity", popularity, persistent=False)
+        # The full softmax runs over the items with training interactions only (the others,
+        # e.g. cold items, play the part of items that did not exist): their indices, and
+        # each item's column among them (-1: not trainable).
+        trainable = (popularity > 0).nonzero().squeeze(1)
+        column = torch.full_like(popularity, -1, dtype=torch.long)
+        column[trainable] = torch.arange(len(trainable))
+        self.register_buffer("trainable", trainable, persistent=False)
+        self.register_buffer("column", column, persistent=False)
 
     def forward(
         self, tokens: torch.Tensor, targets: torch.Tensor, scale: float
@@ -270,8 +278,10 @@ class _Objective(nn.Module):
         valid = targets >= 0
         hidden, target = net.encode(tokens, id_keep, text)[valid], targets[valid]
         if net.n_items <= p.full_softmax_max_items:
-            logits = (hidden @ net.item_vectors(None, id_keep, text).T).float()
-            logits = logits.masked_fill(~(popularity > 0), -math.inf)
+            logits = (hidden @ net.item_vectors(self.trainable, id_keep, text).T).float()
+            total = F.cross_entropy(
+                logits, self.column[target], reduction="sum", label_smoothing=p.label_smoothing
+            )
         else:
             negatives = torch.multinomial(popularity, p.n_negatives, replacement=True)
             log_q = popularity.log()
@@ -280,8 +290,7 @@ class _Objective(nn.Module):
             positive, negative = positive - log_q[target], negative - log_q[negatives]
             same = negatives.unsqueeze(0) == target.unsqueeze(1)
             logits = torch.cat([positive.unsqueeze(1), negative.masked_fill(same, -math.inf)], 1)
-            target = torch.zeros_like(target)
-        total = _cross_entropy(logits, target, p.label_smoothing)
+            total = _cross_entropy(logits, torch.zeros_like(target), p.label_smoothing)
         return total * scale, total.detach() / max(len(target), 1)
 
 
