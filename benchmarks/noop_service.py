@@ -3,7 +3,7 @@
     bentoml serve noop_service:NoopService --working-dir benchmarks
 
 Same BentoML settings as ``lmrec.serving.service:LmrecService`` (one worker, 30 s timeout,
-a synchronous API run in BentoML's thread pool) and the same request and response shape,
+an async API run on the event loop) and the same request and response shape,
 but the answer is a constant list of ``k`` items: what is left is what BentoML itself costs
 (HTTP, JSON, validation, dispatch). Like lmrec it hands its answer over as a ready
 ``JSONResponse`` (BentoML would otherwise build a pydantic schema of the ``dict`` return
@@ -33,7 +33,7 @@ class NoopService:
     """``/recommend`` answering a constant top-k list."""
 
     @bentoml.api(route="/recommend")
-    def recommend(
+    async def recommend(
         self,
         user_id: str | None = None,
         history: list[str] | None = None,

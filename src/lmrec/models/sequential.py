@@ -594,7 +594,8 @@ class SequentialRecommender(Recommender):
 
     def _user_vectors(self, histories: list[np.ndarray]) -> torch.Tensor:
         net = self.net
-        net.eval()
+        if net.training:  # eval() walks every submodule: a cost per serving request
+            net.eval()
         device = net.bos.device
         out = []
         for start in range(0, len(histories), _SCORE_CHUNK):

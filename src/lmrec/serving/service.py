@@ -169,6 +169,9 @@ class LmrecService:
         self._reload_lock = threading.Lock()
         self._feedback = None
         self._feedback_lock = threading.Lock()
+        # Here too, not only in the loading thread: OpenMP's thread count is per thread, and
+        # the async endpoints run on this (the event loop's) thread.
+        torch.set_num_threads(int(os.environ.get("LMREC_TORCH_THREADS", "1")))
         threading.Thread(target=self._load, name="lmrec-load", daemon=True).start()
 
     # ------------------------------------------------------------ loading
@@ -263,8 +266,12 @@ class LmrecService:
         return error(503, "the model is not loaded yet" + detail)
 
     # ---------------------------------------------------------------- API
+    # recommend and similar_items are async: a request is a fraction of a millisecond of
+    # CPU (and never waits on I/O), so it runs on the event loop instead of paying a hop to
+    # the thread pool and the GIL hand-offs that come with it. feedback (a durable SQLite
+    # write) and reload (a model load) stay synchronous, in the thread pool.
     @bentoml.api(route="/recommend")
-    def recommend(
+    async def recommend(
         self,
         user_id: str | None = None,
         history: list[str] | None = None,
@@ -295,7 +302,7 @@ class LmrecService:
         )
 
     @bentoml.api(route="/similar_items")
-    def similar_items(self, item_id: str, k: StrictInt = 10) -> dict[str, Any]:
+    async def similar_items(self, item_id: str, k: StrictInt = 10) -> dict[str, Any]:
         """The items closest to ``item_id`` by text embedding."""
         if (busy := self._not_ready()) is not None:
             return busy
