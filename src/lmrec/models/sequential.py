@@ -297,8 +297,9 @@ class _Objective(nn.Module):
 def _cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
     """Summed cross-entropy, label-smoothed over the classes whose logit is finite.
 
-    Masked classes (-inf: items never trained on, sampled negatives equal to the target)
-    get no smoothing mass, so the loss stays finite.
+    Masked classes (-inf: in the sampled softmax, negatives equal to the target) get no
+    smoothing mass, so the loss stays finite. (The full softmax needs no mask: it runs over
+    the trainable items only and uses ``F.cross_entropy``'s own smoothing.)
     """
     if smoothing == 0.0:
         return F.cross_entropy(logits, target, reduction="sum")
