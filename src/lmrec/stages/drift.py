@@ -126,6 +126,7 @@ def model_score_shift(
     if not path.is_dir():
         return {}, [f"score_shift: skipped, no model at {path} (train first)"]
     from lmrec.models.registry import load_model  # torch: only when a model is scored
+    from lmrec.stages.train import ITEM_IDS_FILE
 
     model = load_model(path)
     if model.n_items != split.n_items:
@@ -133,9 +134,9 @@ def model_score_shift(
             f"{path}: the model scores {model.n_items} items but the split {split_dir} has "
             f"{split.n_items}; monitor.score_model must be trained on the monitored split"
         )
-    ids_file = path / "item_ids.json"
-    if ids_file.is_file():
-        split_ids = split.items.sort_values("item_idx")["item_id"].astype(str).tolist()
+    ids_file = path / ITEM_IDS_FILE
+    if ids_file.is_file():  # as the train stage writes it: the split's item ids by index
+        split_ids = split.items["item_id"].astype(str).tolist()
         model_ids = [str(i) for i in json.loads(ids_file.read_text())]
         if model_ids != split_ids:
             raise DataError(
