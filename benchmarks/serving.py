@@ -1,14 +1,17 @@
 """Serving speed: lmrec's HTTP service against a no-op BentoML service, measured in one run.
 
-For each scenario, a real ``bentoml serve lmrec.serving.service:LmrecService`` and then a
-real ``bentoml serve noop_service:NoopService`` (``benchmarks/noop_service.py``: the same
+For each scenario, a real ``bentoml serve lmrec.serving.service:LmrecService`` and a real
+``bentoml serve noop_service:NoopService`` (``benchmarks/noop_service.py``: the same
 ``POST /recommend`` answering a constant list, i.e. what BentoML itself costs) are started
-one at a time and put under the same load, the same request sequence for both:
+side by side and loaded one at a time, with the same request sequence:
 
 * open loop at fixed rates (default 50 and 100 requests/s): requests leave on a fixed
   timetable and latency is counted from the scheduled send time, so a slow server cannot
   hide its queue (no coordinated omission);
-* closed loop at saturation (default 32 concurrent clients): throughput.
+* closed loop at saturation (default 32 concurrent clients): throughput. Saturation runs
+  alternate lmrec, noop, noop, lmrec (``--saturation-rounds``), pooled per service: on a
+  shared machine whose background load drifts, a service measured only first (or only last)
+  would be favoured or penalised by the drift, not by its own cost.
 
 Requests are ``{"user_id": <a user of the bundle>, "k": 10}``, every fifth one
 ``{"history": [<5 item ids>], "k": 10}`` instead. Any non-2xx answer or exception is an
@@ -394,7 +397,8 @@ async def closed_loop(base: str, bodies: list[bytes], concurrency: int, duration
 
 
 def measure(base: str, proc: psutil.Process, bodies: list[bytes], rate: float | None, args):
-    """One load run as a table row: open loop at ``rate`` requests/s, or saturation (None)."""
+    """One load run as a table row: open loop at ``rate`` requests/s, or saturation (None).
+    The row's ``_ms`` (every latency) is dropped from the JSON."""
     cpu_client, cpu_server, cpu_all = time.process_time(), tree_cpu(proc), busy_cpu()
     if rate is None:
         run = asyncio.run(closed_loop(base, bodies, args.concurrency, args.duration))
@@ -420,25 +424,85 @@ def measure(base: str, proc: psutil.Process, bodies: list[bytes], rate: float | 
         "client_cpu": client / seconds,
         "server_cpu": server_ / seconds,
         "other_cpu": other / seconds,
+        "_ms": ms,
     }
 
 
-def bench_service(service: str, scenario: Scenario, bodies: list[bytes], work: Path, args, log):
-    rows = []
-    root = work / scenario.name / service
-    wait_quiet(args.quiet_wait, log)
-    with server(service, scenario, root, args.server_threads, log) as (base, proc):
-        asyncio.run(closed_loop(base, bodies, min(8, args.concurrency), args.warmup))
-        for rate in [*args.rates, None]:
-            row = {"service": service, **measure(base, proc, bodies, rate, args)}
-            rows.append(row)
-            log(
-                f"  {service:5s} {row['mode']:12s} {row['throughput_rps']:7.1f} req/s  "
-                f"p50 {row['p50_ms']:6.1f}  p99 {row['p99_ms']:7.1f} ms  errors {row['errors']}"
-            )
-            time.sleep(1.0)  # let the server drain before the next mode
-    if any(row["errors"] for row in rows):  # the server's side of the story, for the JSON
-        rows[-1]["server_log_tail"] = (root / f"{service}.log").read_text(errors="replace")[-4000:]
+def merge_rounds(rounds: list[dict]) -> dict:
+    """Saturation rounds of one service as one row: every request and second pooled."""
+    ms = np.concatenate([r["_ms"] for r in rounds])
+    seconds = sum(r["seconds"] for r in rounds)
+    pct = np.percentile(ms, [50, 95, 99]) if len(ms) else [float("nan")] * 3
+
+    def mean(column: str) -> float:
+        return sum(r[column] * r["seconds"] for r in rounds) / seconds
+
+    return {
+        **rounds[0],
+        "requests": sum(r["requests"] for r in rounds),
+        "throughput_rps": len(ms) / seconds,
+        "p50_ms": float(pct[0]),
+        "p95_ms": float(pct[1]),
+        "p99_ms": float(pct[2]),
+        "max_ms": float(ms.max()) if len(ms) else float("nan"),
+        "errors": sum(r["errors"] for r in rounds),
+        "error_samples": [e for r in rounds for e in r["error_samples"]][:5],
+        "seconds": seconds,
+        "client_cpu": mean("client_cpu"),
+        "server_cpu": mean("server_cpu"),
+        "other_cpu": mean("other_cpu"),
+        "rounds_rps": [r["throughput_rps"] for r in rounds],
+        "_ms": ms,
+    }
+
+
+def saturation_order(rounds: int) -> list[str]:
+    """lmrec, noop, noop, lmrec, lmrec, noop, ...: each service first as often as last, so
+    a machine that slowly gets busier or quieter favours neither."""
+    pairs = [("lmrec", "noop") if i % 2 == 0 else ("noop", "lmrec") for i in range(rounds)]
+    return [service for pair in pairs for service in pair]
+
+
+def log_row(log, row: dict) -> None:
+    log(
+        f"  {row['service']:5s} {row['mode']:12s} {row['throughput_rps']:7.1f} req/s  "
+        f"p50 {row['p50_ms']:6.1f}  p99 {row['p99_ms']:7.1f} ms  errors {row['errors']}"
+    )
+
+
+def bench_scenario(scenario: Scenario, bodies: list[bytes], work: Path, args, log) -> list[dict]:
+    """Both servers up, loaded one at a time: each at the fixed rates (one run per rate),
+    then saturation in rounds (``saturation_order``) pooled into one row per service."""
+    roots = {service: work / scenario.name / service for service in ("lmrec", "noop")}
+    rows: list[dict] = []
+    with (
+        server("lmrec", scenario, roots["lmrec"], args.server_threads, log) as lmrec,
+        server("noop", scenario, roots["noop"], args.server_threads, log) as noop,
+    ):
+        up = {"lmrec": lmrec, "noop": noop}
+        wait_quiet(args.quiet_wait, log)
+        for base, _ in up.values():
+            asyncio.run(closed_loop(base, bodies, min(8, args.concurrency), args.warmup))
+        for service, (base, proc) in up.items():
+            for rate in args.rates:
+                rows.append({"service": service, **measure(base, proc, bodies, rate, args)})
+                log_row(log, rows[-1])
+                time.sleep(1.0)  # let the server drain before the next mode
+        rounds: dict[str, list[dict]] = {"lmrec": [], "noop": []}
+        for service in saturation_order(args.saturation_rounds):
+            base, proc = up[service]
+            rounds[service].append({"service": service, **measure(base, proc, bodies, None, args)})
+            log_row(log, rounds[service][-1])
+            time.sleep(1.0)
+        rows += [merge_rounds(rounds[service]) for service in up]
+    for service, root in roots.items():
+        mine = [row for row in rows if row["service"] == service]
+        if any(row["errors"] for row in mine):  # the server's side of the story, for the JSON
+            mine[-1]["server_log_tail"] = (root / f"{service}.log").read_text(errors="replace")[
+                -4000:
+            ]
+    for row in rows:
+        del row["_ms"]
     return rows
 
 
@@ -550,6 +614,7 @@ def machine_facts(args) -> dict[str, Any]:
         "warmup_s": args.warmup,
         "rates": args.rates,
         "concurrency": args.concurrency,
+        "saturation_rounds": args.saturation_rounds,
         "server_threads": args.server_threads or "default",
         "client": "one asyncio process (aiohttp), on the same cores as the server",
     }
@@ -568,10 +633,12 @@ def markdown(payload: dict[str, Any]) -> str:
         f"{facts['load_average_at_start']}; Python {facts['python']}, BentoML "
         f"{facts['bentoml']}, torch {facts['torch']}. {facts['duration_s']:g} s per mode "
         f"after {facts['warmup_s']:g} s warm-up; saturation = {facts['concurrency']} "
-        "concurrent clients. Open-loop latency counts from the scheduled send time. The load "
-        "generator shares the cores with the server. CPU columns: cores kept busy by the "
-        "client, the server and everything else on the machine (1.0 = one core). One server "
-        "at a time.",
+        f"concurrent clients, {facts['saturation_rounds']} runs of {facts['duration_s']:g} s "
+        "per service in the order lmrec, noop, noop, lmrec (pooled; the rounds' req/s are "
+        "listed under each table). Open-loop latency counts from the scheduled send time. "
+        "Both servers are up, one is loaded at a time. The load generator shares the cores "
+        "with the server. CPU columns: cores kept busy by the client, the server and "
+        "everything else on the machine (1.0 = one core).",
         "",
     ]
     for name, result in payload["scenarios"].items():
@@ -599,6 +666,14 @@ def markdown(payload: dict[str, Any]) -> str:
                 _num(r["other_cpu"], ".2f"),
             ]
             lines.append("| " + " | ".join(cells) + " |")
+        order = [
+            f"{r['service']} {rps:.1f}"
+            for r in result["rows"]
+            if r.get("rounds_rps")
+            for rps in r["rounds_rps"]
+        ]
+        if order:
+            lines += ["", "Saturation req/s per run: " + ", ".join(order) + "."]
         lines += ["", "| check | lmrec ÷ no-op | target | passed |", "|---|---|---|---|"]
         for key, check in result["checks"].items():
             value = check["value"]
@@ -646,6 +721,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds per load mode")
     parser.add_argument("--rates", type=_csv(float), default=[50.0, 100.0])
     parser.add_argument("--concurrency", type=int, default=32, help="saturation clients")
+    parser.add_argument(
+        "--saturation-rounds",
+        type=int,
+        default=2,
+        help="saturation runs of --duration s per service, in the order lmrec, noop, noop, "
+        "lmrec, ... (2: each service first once and last once)",
+    )
     parser.add_argument("--warmup", type=float, default=5.0, help="untimed seconds first")
     parser.add_argument(
         "--synthetic-embeddings",
@@ -692,9 +774,7 @@ def main(argv: list[str] | None = None) -> int:
             plan = request_plan(scenario.bundle)
             bodies = [json.dumps(req).encode() for req in plan]
             log(f"{name}: {scenario.facts['items']:,} items, {scenario.facts['scoring']} scoring")
-            rows = []
-            for service in ("lmrec", "noop"):
-                rows += bench_service(service, scenario, bodies, work, args, log)
+            rows = bench_scenario(scenario, bodies, work, args, log)
             payload["scenarios"][name] = {
                 "facts": scenario.facts,
                 "rows": rows,

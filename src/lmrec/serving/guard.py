@@ -42,21 +42,22 @@ async def _reply(send: Send, status: int, message: str, headers: list | None = N
 
 
 class GuardMiddleware:
-    """Auth + body limit around an ASGI app (BentoML's ``add_asgi_middleware``)."""
+    """Auth + body limit around an ASGI app (BentoML's ``add_asgi_middleware``).
+
+    The token is read from the environment once, when the worker builds its app (a
+    deployment sets it before starting the server; rotating it means restarting workers).
+    """
 
     def __init__(self, app: Callable, token_env: str, max_body_bytes: int) -> None:
         self.app = app
-        self.token_env = token_env
+        self.token = (os.environ.get(token_env) or "").encode() or None
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope.get("path", "")
-        is_open = path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
-        token = os.environ.get(self.token_env)
-        if token and not is_open and not self._authorized(scope, token):
+        if self.token is not None and not self._authorized(scope, self.token):
             await _reply(
                 send,
                 401,
@@ -105,10 +106,13 @@ class GuardMiddleware:
         return None
 
     @staticmethod
-    def _authorized(scope: Scope, token: str) -> bool:
+    def _authorized(scope: Scope, token: bytes) -> bool:
+        path = scope.get("path", "")
+        if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+            return True
         for name, value in scope.get("headers", []):
             if name == b"authorization":
-                scheme, _, given = value.decode("latin-1").partition(" ")
-                if scheme.lower() == "bearer":
-                    return hmac.compare_digest(given.strip().encode(), token.encode())
+                scheme, _, given = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    return hmac.compare_digest(given.strip(), token)
         return False
