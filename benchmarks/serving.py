@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import hashlib
 import json
 import os
@@ -399,11 +400,20 @@ async def closed_loop(base: str, bodies: list[bytes], concurrency: int, duration
 def measure(base: str, proc: psutil.Process, bodies: list[bytes], rate: float | None, args):
     """One load run as a table row: open loop at ``rate`` requests/s, or saturation (None).
     The row's ``_ms`` (every latency) is dropped from the JSON."""
+    # The client's own garbage collections (its heap grows by every task and latency of the
+    # run) would stall its timetable and be counted as server latency: none during a run.
+    gc.collect()
+    gc.freeze()
+    gc.disable()
     cpu_client, cpu_server, cpu_all = time.process_time(), tree_cpu(proc), busy_cpu()
-    if rate is None:
-        run = asyncio.run(closed_loop(base, bodies, args.concurrency, args.duration))
-    else:
-        run = asyncio.run(open_loop(base, bodies, rate, args.duration))
+    try:
+        if rate is None:
+            run = asyncio.run(closed_loop(base, bodies, args.concurrency, args.duration))
+        else:
+            run = asyncio.run(open_loop(base, bodies, rate, args.duration))
+    finally:
+        gc.enable()
+        gc.unfreeze()
     tally, seconds = run["tally"], run["seconds"]
     client, server_ = time.process_time() - cpu_client, tree_cpu(proc) - cpu_server
     other = max(0.0, busy_cpu() - cpu_all - client - server_)
@@ -429,7 +439,7 @@ def measure(base: str, proc: psutil.Process, bodies: list[bytes], rate: float | 
 
 
 def merge_rounds(rounds: list[dict]) -> dict:
-    """Saturation rounds of one service as one row: every request and second pooled."""
+    """The runs of one service in one mode as one row: every request and second pooled."""
     ms = np.concatenate([r["_ms"] for r in rounds])
     seconds = sum(r["seconds"] for r in rounds)
     pct = np.percentile(ms, [50, 95, 99]) if len(ms) else [float("nan")] * 3
@@ -451,12 +461,12 @@ def merge_rounds(rounds: list[dict]) -> dict:
         "client_cpu": mean("client_cpu"),
         "server_cpu": mean("server_cpu"),
         "other_cpu": mean("other_cpu"),
-        "rounds_rps": [r["throughput_rps"] for r in rounds],
+        "runs": [(r["throughput_rps"], r["p99_ms"]) for r in rounds],
         "_ms": ms,
     }
 
 
-def saturation_order(rounds: int) -> list[str]:
+def run_order(rounds: int) -> list[str]:
     """lmrec, noop, noop, lmrec, lmrec, noop, ...: each service first as often as last, so
     a machine that slowly gets busier or quieter favours neither."""
     pairs = [("lmrec", "noop") if i % 2 == 0 else ("noop", "lmrec") for i in range(rounds)]
@@ -471,8 +481,8 @@ def log_row(log, row: dict) -> None:
 
 
 def bench_scenario(scenario: Scenario, bodies: list[bytes], work: Path, args, log) -> list[dict]:
-    """Both servers up, loaded one at a time: each at the fixed rates (one run per rate),
-    then saturation in rounds (``saturation_order``) pooled into one row per service."""
+    """Both servers up, loaded one at a time: every mode (the fixed rates, then saturation)
+    run ``args.rounds`` times per service in ``run_order``, pooled into one row each."""
     roots = {service: work / scenario.name / service for service in ("lmrec", "noop")}
     rows: list[dict] = []
     with (
@@ -483,18 +493,17 @@ def bench_scenario(scenario: Scenario, bodies: list[bytes], work: Path, args, lo
         wait_quiet(args.quiet_wait, log)
         for base, _ in up.values():
             asyncio.run(closed_loop(base, bodies, min(8, args.concurrency), args.warmup))
-        for service, (base, proc) in up.items():
-            for rate in args.rates:
-                rows.append({"service": service, **measure(base, proc, bodies, rate, args)})
-                log_row(log, rows[-1])
-                time.sleep(1.0)  # let the server drain before the next mode
-        rounds: dict[str, list[dict]] = {"lmrec": [], "noop": []}
-        for service in saturation_order(args.saturation_rounds):
-            base, proc = up[service]
-            rounds[service].append({"service": service, **measure(base, proc, bodies, None, args)})
-            log_row(log, rounds[service][-1])
-            time.sleep(1.0)
-        rows += [merge_rounds(rounds[service]) for service in up]
+        for rate in [*args.rates, None]:
+            runs: dict[str, list[dict]] = {"lmrec": [], "noop": []}
+            for service in run_order(args.rounds):
+                base, proc = up[service]
+                runs[service].append(
+                    {"service": service, **measure(base, proc, bodies, rate, args)}
+                )
+                log_row(log, runs[service][-1])
+                time.sleep(1.0)  # let the server drain before the next run
+            rows += [merge_rounds(runs[service]) for service in up]
+        rows.sort(key=lambda row: row["service"] != "lmrec")  # lmrec's rows first, as before
     for service, root in roots.items():
         mine = [row for row in rows if row["service"] == service]
         if any(row["errors"] for row in mine):  # the server's side of the story, for the JSON
@@ -614,7 +623,7 @@ def machine_facts(args) -> dict[str, Any]:
         "warmup_s": args.warmup,
         "rates": args.rates,
         "concurrency": args.concurrency,
-        "saturation_rounds": args.saturation_rounds,
+        "rounds": args.rounds,
         "server_threads": args.server_threads or "default",
         "client": "one asyncio process (aiohttp), on the same cores as the server",
     }
@@ -633,9 +642,10 @@ def markdown(payload: dict[str, Any]) -> str:
         f"{facts['load_average_at_start']}; Python {facts['python']}, BentoML "
         f"{facts['bentoml']}, torch {facts['torch']}. {facts['duration_s']:g} s per mode "
         f"after {facts['warmup_s']:g} s warm-up; saturation = {facts['concurrency']} "
-        f"concurrent clients, {facts['saturation_rounds']} runs of {facts['duration_s']:g} s "
-        "per service in the order lmrec, noop, noop, lmrec (pooled; the rounds' req/s are "
-        "listed under each table). Open-loop latency counts from the scheduled send time. "
+        f"concurrent clients. Every mode: {facts['rounds']} runs of {facts['duration_s']:g} s "
+        "per service in the order lmrec, noop, noop, lmrec, pooled per service (each run's "
+        "req/s and p99 are listed under the tables). Open-loop latency counts from the "
+        "scheduled send time; the load generator does not collect garbage during a run. "
         "Both servers are up, one is loaded at a time. The load generator shares the cores "
         "with the server. CPU columns: cores kept busy by the client, the server and "
         "everything else on the machine (1.0 = one core).",
@@ -666,14 +676,14 @@ def markdown(payload: dict[str, Any]) -> str:
                 _num(r["other_cpu"], ".2f"),
             ]
             lines.append("| " + " | ".join(cells) + " |")
-        order = [
-            f"{r['service']} {rps:.1f}"
+        runs = [
+            f"{r['service']} {r['mode']}: "
+            + ", ".join(f"{rps:.1f} req/s p99 {p99:.1f} ms" for rps, p99 in r["runs"])
             for r in result["rows"]
-            if r.get("rounds_rps")
-            for rps in r["rounds_rps"]
+            if len(r.get("runs", ())) > 1
         ]
-        if order:
-            lines += ["", "Saturation req/s per run: " + ", ".join(order) + "."]
+        if runs:
+            lines += ["", "Runs: " + "; ".join(runs) + "."]
         lines += ["", "| check | lmrec ÷ no-op | target | passed |", "|---|---|---|---|"]
         for key, check in result["checks"].items():
             value = check["value"]
@@ -722,11 +732,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", type=_csv(float), default=[50.0, 100.0])
     parser.add_argument("--concurrency", type=int, default=32, help="saturation clients")
     parser.add_argument(
-        "--saturation-rounds",
+        "--rounds",
         type=int,
         default=2,
-        help="saturation runs of --duration s per service, in the order lmrec, noop, noop, "
-        "lmrec, ... (2: each service first once and last once)",
+        help="runs of --duration s per service and mode, in the order lmrec, noop, noop, "
+        "lmrec, ... (2: each service first once and last once); pooled per service",
     )
     parser.add_argument("--warmup", type=float, default=5.0, help="untimed seconds first")
     parser.add_argument(
