@@ -221,6 +221,7 @@ class ServeParams(Block):
     candidate_pool: int = Field(200, ge=10)
     quantize_int8: bool = False
     user_vector_cache_max: int = Field(200_000, ge=0)
+    precompute_top_k: int = Field(20, ge=0)
     challenger_share: float = Field(0.0, ge=0, le=1)
     ab_salt: str = "lmrec-ab"
     feedback_db: str = "feedback/feedback.db"

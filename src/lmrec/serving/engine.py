@@ -27,7 +27,9 @@ import numpy as np
 from lmrec.config import ServeParams
 from lmrec.data.contract import pseudonymise_id, user_id_salt
 from lmrec.models.registry import load_model
+from lmrec.serving import known_users
 from lmrec.serving.bundle import Bundle
+from lmrec.serving.known_users import KnownUser
 
 log = logging.getLogger(__name__)
 
@@ -111,19 +113,40 @@ class Engine:
             log.info("user vectors through torch: %s", err)
             return None
 
-    def _cache_users(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Known users' (vector, distinct seen items), computed once: a request by user id
-        alone is then one inner-product search instead of a transformer pass."""
-        users = list(self.bundle.users.items())
+    def _cache_users(self) -> dict[str, KnownUser]:
+        """Known users' vectors, seen items and best ``serve.precompute_top_k`` unseen items
+        (``lmrec.serving.known_users``): a request by user id alone is then a slice, or one
+        inner-product search, instead of a transformer pass and a catalog scan."""
+        users = self.bundle.users
         if not 0 < len(users) <= self.params.user_vector_cache_max:
             return {}
-        cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for start in range(0, len(users), 512):
-            chunk = users[start : start + 512]
-            vectors = self.model.user_vectors([h for _, h in chunk])
-            cache.update({u: (v, np.unique(h)) for (u, h), v in zip(chunk, vectors, strict=True)})
-        log.info("cached the vectors of %d known users", len(cache))
+        if self.faiss_index is not None:
+            top_unseen = self._top_unseen_faiss
+        else:
+            top_unseen = known_users.top_unseen_exact(self.item_matrix)
+        cache = known_users.prepare(
+            users, self.model.user_vectors, top_unseen, self.params.precompute_top_k
+        )
+        log.info(
+            "known users: %d vectors, top %d unseen items each",
+            len(cache),
+            self.params.precompute_top_k,
+        )
         return cache
+
+    def _top_unseen_faiss(
+        self, vectors: np.ndarray, seen: list[np.ndarray], k: int
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        out = []
+        for vector, items in zip(vectors, seen, strict=True):
+            picked = self._top_faiss(vector, min(k, self.n_items - len(items)), items)
+            out.append(
+                (
+                    np.array([p.item for p in picked], dtype=np.int64),
+                    np.array([p.score for p in picked], dtype=np.float32),
+                )
+            )
+        return out
 
     def _build_faiss(self) -> Any:
         import faiss
@@ -187,15 +210,24 @@ class Engine:
             raise RequestError(f"diversity must be between 0 and 1, got {diversity!r}")
         items, known = self.resolve_history(user_id, history)
         cached = self.user_cache.get(known) if known is not None and not history else None
-        user = cached[0] if cached is not None else None
+        user = cached.vector if cached is not None else None
         if not exclude_seen:
             excluded = np.zeros(0, dtype=np.int64)
         else:
-            excluded = cached[1] if cached is not None else np.unique(items)
+            excluded = cached.seen if cached is not None else np.unique(items)
         available = self.n_items - len(excluded)
         if len(items) == 0:
             path = "cold_start"
             picked = self._popular(k, excluded)
+        elif (
+            cached is not None
+            and exclude_seen
+            and diversity == 0
+            and k <= self.params.precompute_top_k
+        ):  # the list prepared at load (known_users): exactly what _top would return
+            path = "model"
+            top = zip(cached.top[:k].tolist(), cached.top_scores[:k].tolist(), strict=True)
+            picked = [Scored(i, s) for i, s in top]
         else:
             path = "model"
             pool = max(k, self.params.candidate_pool) if diversity > 0 else k
@@ -253,9 +285,13 @@ class Engine:
             scores = self.model.score([items])[0].astype(np.float64)
         scores[excluded] = -np.inf
         top = (-scores).argpartition(n - 1)[:n] if n < self.n_items else np.arange(self.n_items)
-        top = top[np.lexsort((top, -scores[top]))]
         top = top[np.isfinite(scores[top])]
-        return [Scored(i, s) for i, s in zip(top.tolist(), scores[top].tolist(), strict=True)]
+        if self.two_tower:  # as the lists prepared for known users are ranked
+            top, top_scores = known_users.ranked(self.item_matrix, top, user)
+        else:
+            top = top[np.lexsort((top, -scores[top]))]
+            top_scores = scores[top]
+        return [Scored(i, s) for i, s in zip(top.tolist(), top_scores.tolist(), strict=True)]
 
     def _top_faiss(self, user: np.ndarray, n: int, excluded: np.ndarray) -> list[Scored]:
         user = np.ascontiguousarray(user[None, :], dtype=np.float32)

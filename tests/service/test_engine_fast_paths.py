@@ -1,4 +1,5 @@
-"""The numpy user tower used by serving gives the torch network's user vectors."""
+"""The serving engine's fast paths (numpy user tower, lists prepared for known users) answer
+exactly as the slow ones do."""
 
 from __future__ import annotations
 
@@ -85,3 +86,23 @@ def test_int8_engine_keeps_the_torch_path(bundles):
     engine = Engine.load(bundles.champion, ServeParams(quantize_int8=True))
     assert engine.user_encoder is None
     assert engine.recommend(None, bundles.item_ids[:3], k=5)["path"] == "model"
+
+
+@pytest.mark.parametrize("faiss_min_items", [10**9, 1])  # exact scoring, then faiss HNSW
+def test_known_user_lists_are_what_live_scoring_returns(bundles, faiss_min_items):
+    """Lists prepared at load (known_users) answer exactly like live scoring: same items,
+    same order, same scores; requests they cannot answer are scored live."""
+    params = ServeParams(faiss_min_items=faiss_min_items, precompute_top_k=5)
+    prepared = Engine.load(bundles.champion, params)
+    live = Engine.load(bundles.champion, params.model_copy(update={"precompute_top_k": 0}))
+    assert all(
+        len(u.top) == min(5, prepared.n_items - len(u.seen)) for u in prepared.user_cache.values()
+    )
+    assert all(len(u.top) == 0 for u in live.user_cache.values())
+    for user_id in list(bundles.histories)[:40]:
+        for k in (1, 5, 6, 12):  # 6 and 12: more than prepared, scored live
+            a = prepared.recommend(user_id, None, k=k)
+            b = live.recommend(user_id, None, k=k)
+            assert a["items"] == b["items"], (user_id, k)
+        a = prepared.recommend(user_id, None, k=3, exclude_seen=False)
+        assert a["items"] == live.recommend(user_id, None, k=3, exclude_seen=False)["items"]
