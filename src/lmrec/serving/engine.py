@@ -216,8 +216,8 @@ class Engine:
         else:
             excluded = cached.seen if cached is not None else np.unique(items)
         available = self.n_items - len(excluded)
+        path = "model" if len(items) else "cold_start"
         if len(items) == 0:
-            path = "cold_start"
             picked = self._popular(k, excluded)
         elif (
             cached is not None
@@ -225,11 +225,9 @@ class Engine:
             and diversity == 0
             and k <= self.params.precompute_top_k
         ):  # the list prepared at load (known_users): exactly what _top would return
-            path = "model"
             top = zip(cached.top[:k].tolist(), cached.top_scores[:k].tolist(), strict=True)
             picked = [Scored(i, s) for i, s in top]
         else:
-            path = "model"
             pool = max(k, self.params.candidate_pool) if diversity > 0 else k
             candidates = self._top(items, min(pool, available), excluded, user)
             picked = self._mmr(candidates, k, float(diversity)) if diversity > 0 else candidates[:k]
