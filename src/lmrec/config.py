@@ -143,7 +143,9 @@ class EvaluateParams(Block):
     batch_size: int = Field(256, ge=1)
 
 
-METRIC_PATH = r"^(overall|slices\.(cold_items|short_history|long_tail))\.[a-z_]+(@\d+)?$"
+METRIC_PATH = (
+    r"^(overall|slices\.(cold_items|new_items|short_history|long_tail))\.[a-z_]+(@\d+)?$"
+)
 
 
 class GateCheck(Block):
@@ -209,6 +211,15 @@ class RegisterParams(Block):
     auto_promote: bool = True
 
 
+class ExposureParams(Block):
+    """New-item exposure (``lmrec.serving.exposure``): reserved slots for fresh items."""
+
+    slots: int = Field(1, ge=0)
+    max_interactions: int = Field(1, ge=1)
+    max_age_days: float | None = Field(30.0, gt=0)
+    min_k: int = Field(5, ge=1)
+
+
 class ServeParams(Block):
     """The HTTP service (src/lmrec/serving): limits, index, A/B split, feedback store."""
 
@@ -226,6 +237,7 @@ class ServeParams(Block):
     ab_salt: str = "lmrec-ab"
     feedback_db: str = "feedback/feedback.db"
     reload_poll_s: float = Field(2.0, ge=0)
+    exposure: ExposureParams = ExposureParams()
 
 
 class MonitorParams(Block):

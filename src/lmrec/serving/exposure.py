@@ -1,0 +1,136 @@
+"""New-item exposure: reserved slots for fresh items in a top-k list.
+
+A model ranks an item it has never seen from its text alone; even when that score is on the
+same scale as the others, a new item competes with items that already have a click history,
+and without impressions it never gets one ("cold items stay cold unless the system shows
+them"). The policy reserves ``slots`` of every list of at least ``min_k`` items for *fresh*
+items (fewer than ``max_interactions`` training interactions; with a known addition time,
+added within ``max_age_days``), chosen by the model's own scores among the fresh items.
+
+A list that already holds enough fresh items is left as it is. Otherwise the model's best
+``k - need`` items keep their places and the best fresh items not yet listed take the last
+``need`` slots, so the warm head of the list never moves. Feedback on those impressions
+reaches the next retraining through ``/feedback``.
+
+The same functions serve the HTTP engine (one list) and the evaluation (a batch of lists),
+so what the benchmark measures is what users get.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lmrec.evaluation.metrics import top_k
+
+_PAD = -1
+
+
+@dataclass(frozen=True)
+class ExposurePolicy:
+    """Reserved slots for fresh items (see the module docstring).
+
+    Attributes:
+        slots: fresh items guaranteed in a list of ``min_k`` or more (0 turns it off).
+        max_interactions: an item is fresh with fewer training interactions than this.
+        max_age_days: and, when its addition time is known, added at most this long ago
+            (None: interactions alone decide).
+        min_k: shorter lists get no reserved slot.
+    """
+
+    slots: int = 1
+    max_interactions: int = 1
+    max_age_days: float | None = 30.0
+    min_k: int = 5
+
+    def __post_init__(self) -> None:
+        if self.slots < 0 or self.max_interactions < 1 or self.min_k < 1:
+            raise ValueError(f"exposure: need slots >= 0, max_interactions >= 1, min_k >= 1: {self}")
+        if self.max_age_days is not None and self.max_age_days <= 0:
+            raise ValueError(f"exposure: max_age_days must be > 0 or None, got {self.max_age_days}")
+
+    def reserved(self, k: int) -> int:
+        """Slots reserved in a list of ``k`` items."""
+        return min(self.slots, k) if k >= self.min_k else 0
+
+    def fresh_mask(
+        self,
+        interactions: np.ndarray,
+        added_at: np.ndarray | None = None,
+        now: float | None = None,
+    ) -> np.ndarray:
+        """Boolean mask of fresh items.
+
+        Args:
+            interactions: training interactions per item.
+            added_at: unix seconds each item was added (NaN: unknown), or None.
+            now: the time the age is measured at (unix seconds); needed with ``added_at``.
+        """
+        fresh = np.asarray(interactions) < self.max_interactions
+        if added_at is not None and self.max_age_days is not None:
+            if now is None:
+                raise ValueError("exposure: fresh_mask needs `now` with `added_at`")
+            added = np.asarray(added_at, dtype=np.float64)
+            young = np.isnan(added) | (now - added <= self.max_age_days * 86_400.0)
+            fresh &= young
+        return fresh
+
+
+def merge(top: Sequence[int], fresh_top: Sequence[int], k: int, reserved: int, fresh) -> list[int]:
+    """One list with ``reserved`` slots for fresh items.
+
+    Args:
+        top: the model's best items, best first (at least ``k`` when the catalog allows).
+        fresh_top: the model's best fresh items, best first (at least ``reserved``).
+        k: list length.
+        reserved: slots for fresh items (``ExposurePolicy.reserved(k)``).
+        fresh: ``item -> bool`` (an array or any indexable) telling fresh items.
+
+    Returns:
+        At most ``k`` distinct items: ``top``'s head, then fresh items in the last slots.
+    """
+    head = [int(i) for i in top[:k]]
+    if reserved <= 0:
+        return head
+    need = reserved - sum(1 for i in head if fresh[i])
+    if need <= 0:
+        return head
+    kept = head[: k - need]
+    listed = set(kept)
+    extra = [int(i) for i in fresh_top if int(i) not in listed][:need]
+    tail = [i for i in head[k - need :] if i not in listed and i not in extra]
+    return (kept + extra + tail)[:k]
+
+
+def apply_to_scores(
+    scores: np.ndarray, excluded: np.ndarray, fresh: np.ndarray, k: int, policy: ExposurePolicy
+) -> np.ndarray:
+    """Top-k lists ``[n, k]`` (``-1`` padded) after the policy, for a batch of score rows.
+
+    Args:
+        scores: float ``[n, n_items]``, higher is better.
+        excluded: bool ``[n, n_items]``, True = never listed (the user's history).
+        fresh: bool ``[n_items]``.
+        k: list length.
+        policy: the exposure policy.
+    """
+    top = top_k(scores, k, excluded)
+    reserved = policy.reserved(k)
+    if reserved == 0 or not fresh.any():
+        return top
+    fresh_top = top_k(scores, reserved, excluded | ~fresh[None, :])
+    out = np.full_like(top, _PAD)
+    for row in range(len(top)):
+        listed = merge(
+            top[row][top[row] >= 0], fresh_top[row][fresh_top[row] >= 0], k, reserved, fresh
+        )
+        out[row, : len(listed)] = listed
+    return out
+
+
+def list_ranks(lists: np.ndarray, targets: np.ndarray, miss: int) -> np.ndarray:
+    """0-based position of each row's target in its list, ``miss`` when absent."""
+    hit = lists == np.asarray(targets)[:, None]
+    return np.where(hit.any(axis=1), hit.argmax(axis=1), miss).astype(np.int64)
