@@ -175,7 +175,7 @@ def test_cold_slice_only_ranks_cold_items(split):
 def test_protocol_slices_select_the_right_users(split):
     result = P.evaluate_protocol(Oracle(split, "test"), split, k=10, short_history_max=5)
     assert set(result) == {"overall", "slices"}
-    assert set(result["slices"]) == {"cold_items", "short_history", "long_tail"}
+    assert set(result["slices"]) == {"new_items", "cold_items", "short_history", "long_tail"}
     assert result["overall"]["n_users"] == 3
     assert result["slices"]["short_history"]["n_users"] == 2  # u1, u2
     assert result["slices"]["long_tail"]["n_users"] == 2  # targets 7 and 5; 0 is head

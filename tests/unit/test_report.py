@@ -37,6 +37,7 @@ def model_block(label: str, scale: float, seed: int) -> dict[str, Any]:
         "label": label,
         "overall": overall,
         "slices": {
+            "new_items": {"hr@10": 0.03 * scale, "ndcg@10": 0.01, "n_users": 40},
             "cold_items": {"hr@10": 0.1, "ndcg@10": 0.05, "recall@10": 0.08 * scale, "n_users": 40},
             "short_history": {**overall, "ndcg@10": 0.12 * scale},
             "long_tail": {**overall, "ndcg@10": 0.05 * scale},

@@ -5,8 +5,13 @@ whole catalog from the history ``split.history_for(user, stage)``; the history's
 excluded from ranking, the target never is (a re-consumed item stays rankable). Metrics are
 computed once per user and then averaged overall and over slices:
 
-* ``cold_items``: users with cold-slice interactions; only the cold items are ranked and the
-  user's cold items are the relevant set.
+* ``new_items``: the headline for items without training interactions, ranked the way users
+  meet them: against the WHOLE catalog. One row per user with cold-slice interactions: the
+  target is the user's latest cold interaction (test stage) or, for users with two or more,
+  their earliest (validation stage: disjoint rows, so model selection never sees the test
+  rows); the history is the user's training events up to the target's timestamp.
+* ``cold_items``: a diagnostic: users with cold-slice interactions; only the cold items are
+  ranked (recall among cold items) and the user's cold items are the relevant set.
 * ``short_history``: users with at most ``short_history_max`` training interactions.
 * ``long_tail``: users whose target is not a head item (``metrics.head_items``).
 
@@ -86,14 +91,26 @@ def _unexclude(mask: np.ndarray, keep: np.ndarray) -> None:
 
 
 def _batches(
-    model: Scorer, split: SplitData, users: np.ndarray, stage: str, batch_size: int
+    model: Scorer,
+    split: SplitData,
+    users: np.ndarray,
+    stage: str,
+    batch_size: int,
+    histories_of: Sequence[np.ndarray] | None = None,
 ) -> Iterator[tuple[np.ndarray, list[np.ndarray], np.ndarray]]:
-    """Yield (users, histories, scores) for consecutive batches of users."""
+    """Yield (users, histories, scores) for consecutive batches of users.
+
+    The histories are ``split.history_for(user, stage)`` unless ``histories_of`` gives one
+    per entry of ``users``.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for start in range(0, len(users), batch_size):
         batch = users[start : start + batch_size]
-        histories = [split.history_for(int(u), stage) for u in batch]
+        if histories_of is None:
+            histories = [split.history_for(int(u), stage) for u in batch]
+        else:
+            histories = list(histories_of[start : start + batch_size])
         score_users = getattr(model, "score_users", None)
         if score_users is not None:
             scores = np.asarray(score_users(batch, histories))
@@ -207,6 +224,66 @@ def cold_item_slice(
     }
 
 
+def new_item_rows(split: SplitData, stage: str) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """The ``new_items`` slice's rows: (users, target items, histories), one per user.
+
+    The test row of a user with cold-slice interactions is their latest one (by timestamp,
+    then item index); the validation row is their earliest, for users with at least two
+    (so the rows differ). The history is the user's training items up to the target's time.
+    """
+    _stage_targets(split, stage)
+    cold = split.cold
+    if "timestamp" not in cold:  # a split without event times: the whole training history
+        cold = cold.assign(timestamp=np.iinfo(np.int64).max)
+    cold = cold.sort_values(["user_idx", "timestamp", "item_idx"], kind="stable")
+    grouped = cold.groupby("user_idx", sort=True)
+    if stage == "test":
+        rows = cold[grouped.cumcount(ascending=False) == 0]
+    else:
+        rows = cold[(grouped.cumcount() == 0) & (grouped["item_idx"].transform("size") > 1)]
+    users = rows["user_idx"].to_numpy(dtype=np.int64)
+    targets = rows["item_idx"].to_numpy(dtype=np.int64)
+    histories = []
+    for user, when in zip(users, rows["timestamp"].to_numpy(dtype=np.int64), strict=True):
+        times = split.train_times[user]
+        histories.append(split.train[user][: int(np.searchsorted(times, when, side="right"))])
+    return users, targets, histories
+
+
+def new_item_slice(
+    model: Scorer, split: SplitData, stage: str = "test", k: int = 10, batch_size: int = 256
+) -> dict[str, float]:
+    """HR/NDCG/MRR@k of the ``new_items`` rows (``new_item_rows``), full-catalog ranking.
+
+    Every catalog item is a candidate except the row's history; the target has no training
+    interactions, so a model must rank it from its content alone against warm items.
+
+    Returns:
+        ``hr@k``, ``ndcg@k``, ``mrr@k``, ``n_users`` (rows), ``n_items`` (items without
+        training interactions) and ``n_nonfinite``.
+    """
+    users, targets, histories = new_item_rows(split, stage)
+    ranks, nonfinite = [], 0
+    for start, (batch, hist, scores) in zip(
+        range(0, len(users), batch_size),
+        _batches(model, split, users, stage, batch_size, histories),
+        strict=True,
+    ):
+        target = targets[start : start + len(batch)]
+        result = M.target_ranks(scores, target, exclusion_mask(hist, split.n_items, keep=target))
+        ranks.append(result.ranks)
+        nonfinite += result.n_nonfinite
+    ranks_all = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
+    return {
+        f"hr@{k}": M.hit_rate(ranks_all, k),
+        f"ndcg@{k}": M.ndcg(ranks_all, k),
+        f"mrr@{k}": M.mrr(ranks_all, k),
+        "n_users": len(users),
+        "n_items": int((_train_counts(split) == 0).sum()),
+        "n_nonfinite": nonfinite,
+    }
+
+
 def _user_groups(
     model: Scorer,
     split: SplitData,
@@ -275,18 +352,21 @@ def evaluate_protocol(
 ) -> dict[str, Any]:
     """The full protocol: overall metrics plus the three slices.
 
-    Users are scored once for the overall, short-history and long-tail results; the cold
-    slice needs its own pass because it ranks a different candidate set.
+    Users are scored once for the overall, short-history and long-tail results; the
+    new-item and cold slices need their own passes (other histories, other candidates).
 
     Returns:
-        ``{"overall": {...}, "slices": {"cold_items": {...}, "short_history": {...},
-        "long_tail": {...}}}``; the cold slice reports ``hr@k``, ``ndcg@k``, ``recall@k``.
+        ``{"overall": {...}, "slices": {"new_items": {...}, "cold_items": {...},
+        "short_history": {...}, "long_tail": {...}}}``; the new-item slice reports ``hr@k``,
+        ``ndcg@k``, ``mrr@k`` (full catalog), the cold slice ``hr@k``, ``ndcg@k``,
+        ``recall@k`` (cold items only).
         With ``popularity_bins``, also ``"popularity_curve"``: the share of all top-k
         slots per item-popularity bin (``metrics.popularity_curve``, bin 0 most popular).
     """
     args = (stage, k, recall_k, batch_size, head_share, short_history_max, item_embeddings)
     groups, top, counts = _user_groups(model, split, *args)
     slices = {
+        "new_items": new_item_slice(model, split, stage, k, batch_size),
         "cold_items": cold_item_slice(model, split, stage, k, batch_size),
         "short_history": groups["short_history"],
         "long_tail": groups["long_tail"],

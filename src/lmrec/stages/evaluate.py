@@ -176,12 +176,17 @@ def _metrics(comparison: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: The metric slices.csv plots per slice (default ndcg@10): new items have few hits over the
+#: full catalog, the cold slice ranks cold items only.
+SLICE_CSV_METRIC = {"new_items": "hr@10", "cold_items": "recall@10"}
+
+
 def _write_slices_csv(path: Path, comparison: dict[str, Any]) -> None:
     rows = []
     for key, m in comparison["models"].items():
         groups = {"overall": m["overall"], **m["slices"]}
         for slice_name, values in groups.items():
-            metric = "recall@10" if slice_name == "cold_items" else "ndcg@10"
+            metric = SLICE_CSV_METRIC.get(slice_name, "ndcg@10")
             rows.append(
                 {"model": key, "slice": slice_name, "metric": metric, "value": values.get(metric)}
             )
@@ -248,8 +253,11 @@ def _summary(comparison: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for m in comparison["models"].values():
         ndcg = m["overall"].get("ndcg@10")
+        new = m["slices"]["new_items"].get("hr@10")
         cold = m["slices"]["cold_items"].get("recall@10")
-        out[m["label"]] = f"{stage} ndcg@10 {ndcg}  cold recall@10 {cold}"
+        out[m["label"]] = (
+            f"{stage} ndcg@10 {ndcg}  new-item hr@10 {new}  cold-only recall@10 {cold}"
+        )
     seeds = comparison["seeds"]
     if seeds["n"] > 1:
         ndcg = seeds["overall"]["ndcg@10"]
