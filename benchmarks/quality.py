@@ -36,6 +36,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.new_items import tradeoff  # noqa: E402
 from benchmarks.peers import PEER_MODULES, evaluate_peer, get_peer  # noqa: E402
 
 from lmrec.config import load_params  # noqa: E402
@@ -46,11 +47,13 @@ from lmrec.train.trainer import train_baselines, train_sequential  # noqa: E402
 
 SEQUENTIAL_PEERS = ("recbole-sasrec", "recbole-gru4rec")
 COLD_PEER = "lightfm-genre"
-COLUMNS = ("hr@10", "ndcg@10", "mrr@10", "cold_recall@10", "fit_seconds")
+COLUMNS = ("hr@10", "ndcg@10", "mrr@10", "new_hr@10", "cold_recall@10", "fit_seconds")
 TARGETS = {
     "ndcg_vs_best_sequential_peer": 1.1,
     "ndcg_vs_best_non_sequential_peer": 1.3,
     "cold_recall_vs_lightfm_genre": 1.5,
+    "served_new_hr_vs_lightfm_genre": 3.0,
+    "served_ndcg_vs_reference": 0.98,
 }
 MAX_TRAIN_SECONDS = 180.0
 
@@ -61,29 +64,65 @@ def _row(result: dict[str, Any], seconds: float) -> dict[str, float]:
         "hr@10": overall["hr@10"],
         "ndcg@10": overall["ndcg@10"],
         "mrr@10": overall["mrr@10"],
+        "new_hr@10": result["slices"]["new_items"]["hr@10"],
         "cold_recall@10": cold["recall@10"],
         "fit_seconds": seconds,
     }
 
 
+class TextKNN:
+    """The text content peer: cosine of each item's MiniLM vector to the mean vector of the
+    user's last ``last`` history items (the same embeddings lmrec's model starts from)."""
+
+    def __init__(self, embeddings: np.ndarray, last: int = 20) -> None:
+        norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+        self.text = embeddings / np.maximum(norms, 1e-12)
+        self.last = last
+
+    def score(self, histories) -> np.ndarray:
+        out = np.zeros((len(histories), len(self.text)), dtype=np.float32)
+        for row, history in enumerate(histories):
+            if len(history):
+                out[row] = self.text @ self.text[history[-self.last :]].mean(axis=0)
+        return out
+
+
+def run_text_knn(split, embeddings, log) -> dict[str, Any]:
+    start = time.perf_counter()
+    model = TextKNN(embeddings)
+    runs = [_row(evaluate_protocol(model, split, "test"), time.perf_counter() - start)]
+    log(f"text-knn: NDCG@10 {runs[0]['ndcg@10']:.4f}  new HR@10 {runs[0]['new_hr@10']:.4f}")
+    return _summarise("text-knn (MiniLM cosine to history)", "peer", runs)
+
+
 def _summarise(name: str, kind: str, runs: list[dict[str, float]]) -> dict[str, Any]:
     out: dict[str, Any] = {"name": name, "kind": kind, "seeds": len(runs), "runs": runs}
-    for column in COLUMNS:
+    served = ("served_ndcg", "served_new_hr") if all("served_ndcg" in r for r in runs) else ()
+    for column in (*COLUMNS, *served):
         values = np.array([r[column] for r in runs], dtype=np.float64)
         out[column] = float(values.mean())
         out[f"{column}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
     return out
 
 
-def run_lmrec(split, embeddings, params, seeds: list[int], log) -> tuple[dict, dict]:
-    """Train lmrec's model per seed as the train stage does; test metrics per seed."""
-    runs, extra = [], {"best_epochs": [], "epochs_run": []}
+def run_lmrec(
+    split, embeddings, params, seeds: list[int], log, name: str = "lmrec (LM-powered sequential)"
+) -> tuple[dict, dict]:
+    """Train lmrec's model per seed as the train stage does; test metrics per seed, and the
+    served path: the same lists after the serving exposure policy (``serve.exposure``)."""
+    runs, extra = [], {"best_epochs": [], "epochs_run": [], "tradeoff": []}
+    exposure = params.serve.exposure
+    slots = sorted({0, 1, 2, 3, exposure.slots})
     for seed in seeds:
         cfg = params.train.model_copy(update={"seed": seed})
         with tempfile.TemporaryDirectory(prefix="lmrec-bench-") as tmp:
             result = train_sequential(split, embeddings, cfg, Path(tmp), progress=False)
         test = evaluate_protocol(result.model, split, "test")
         runs.append(_row(test, result.seconds))
+        curve = tradeoff(result.model, split, "test", slots, exposure.max_interactions)
+        served = next(r for r in curve if r["slots"] == exposure.slots)
+        runs[-1].update(served_ndcg=served["warm_ndcg@10"], served_new_hr=served["new_hr@10"])
+        extra["tradeoff"] += [{**r, "seed": seed} for r in curve]
         extra["best_epochs"].append(result.best_epoch + 1)
         extra["epochs_run"].append(result.epochs_run)
         log(
@@ -91,7 +130,7 @@ def run_lmrec(split, embeddings, params, seeds: list[int], log) -> tuple[dict, d
             f"cold R@10 {runs[-1]['cold_recall@10']:.4f}  {result.seconds:.0f} s "
             f"({result.epochs_run} epochs, best {result.best_epoch + 1})"
         )
-    return _summarise("lmrec (LM-powered sequential)", "lmrec", runs), extra
+    return _summarise(name, "lmrec", runs), extra
 
 
 def run_baselines(split, params, seeds: list[int], log) -> list[dict[str, Any]]:
@@ -130,8 +169,15 @@ def run_peers(split, names: list[str], seeds: dict[str, list[int]], cache: bool,
     return rows
 
 
-def checks(lmrec: dict[str, Any], peers: list[dict[str, Any]]) -> dict[str, Any]:
-    """The issue's acceptance ratios (None where the peer was not run)."""
+def checks(
+    lmrec: dict[str, Any], peers: list[dict[str, Any]], reference: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The acceptance ratios (None where the peer or the reference was not run).
+
+    ``served_*`` use lmrec's lists after the serving exposure policy: new-item HR@10 over the
+    whole catalog against LightFM genre-only's on the same rows, and warm NDCG@10 against
+    the ``reference`` model (today's default recipe, raw lists) trained in the same run.
+    """
 
     def best(rows):
         return max(rows, key=lambda r: r["ndcg@10"]) if rows else None
@@ -140,12 +186,15 @@ def checks(lmrec: dict[str, Any], peers: list[dict[str, Any]]) -> dict[str, Any]
     non_seq = best([r for r in peers if r["name"] not in SEQUENTIAL_PEERS])
     cold = next((r for r in peers if r["name"] == COLD_PEER), None)
     out: dict[str, Any] = {}
-    for key, ref, column in (
-        ("ndcg_vs_best_sequential_peer", seq, "ndcg@10"),
-        ("ndcg_vs_best_non_sequential_peer", non_seq, "ndcg@10"),
-        ("cold_recall_vs_lightfm_genre", cold, "cold_recall@10"),
+    for key, ref, column, ref_column in (
+        ("ndcg_vs_best_sequential_peer", seq, "ndcg@10", "ndcg@10"),
+        ("ndcg_vs_best_non_sequential_peer", non_seq, "ndcg@10", "ndcg@10"),
+        ("cold_recall_vs_lightfm_genre", cold, "cold_recall@10", "cold_recall@10"),
+        ("served_new_hr_vs_lightfm_genre", cold, "served_new_hr", "new_hr@10"),
+        ("served_ndcg_vs_reference", reference, "served_ndcg", "ndcg@10"),
     ):
-        ratio = None if ref is None or ref[column] <= 0 else lmrec[column] / ref[column]
+        have = ref is not None and ref[ref_column] > 0 and column in lmrec
+        ratio = lmrec[column] / ref[ref_column] if have else None
         out[key] = {
             "against": None if ref is None else ref["name"],
             "ratio": ratio,
@@ -161,6 +210,27 @@ def checks(lmrec: dict[str, Any], peers: list[dict[str, Any]]) -> dict[str, Any]
     return out
 
 
+def tradeoff_markdown(curve: list[dict[str, Any]], default_slots: int) -> list[str]:
+    """The exposure trade-off: mean ± std over seeds per slot count."""
+    lines = [
+        "",
+        "Exposure trade-off (lmrec, test stage, lists of 10 after `serve.exposure`; "
+        f"default slots {default_slots}):",
+        "",
+        "| slots | warm NDCG@10 | warm HR@10 | new-item HR@10 | new-item NDCG@10 | fresh/list |",
+        "|---|---|---|---|---|---|",
+    ]
+    for slots in sorted({r["slots"] for r in curve}):
+        group = [r for r in curve if r["slots"] == slots]
+        cells = [str(slots)]
+        for key in ("warm_ndcg@10", "warm_hr@10", "new_hr@10", "new_ndcg@10", "fresh_per_list"):
+            values = np.array([r[key] for r in group], dtype=np.float64)
+            std = values.std(ddof=1) if len(values) > 1 else 0.0
+            cells.append(f"{values.mean():.4f} ± {std:.4f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def _fmt(row: dict[str, Any], column: str) -> str:
     mean, std = row[column], row[f"{column}_std"]
     if column == "fit_seconds":
@@ -172,7 +242,8 @@ def markdown(rows: list[dict[str, Any]], result_checks: dict[str, Any], facts: d
     peers = [r for r in rows if r["kind"] in ("peer", "sequential peer")]
     best_peer = max((r["ndcg@10"] for r in peers), default=0.0)
     head = (
-        "| model | seeds | HR@10 | NDCG@10 | MRR@10 | cold Recall@10 | fit s | NDCG ÷ best peer |"
+        "| model | seeds | HR@10 | NDCG@10 | MRR@10 | new-item HR@10 | cold-only Recall@10 "
+        "| fit s | NDCG ÷ best peer |"
     )
     lines = [
         "# Quality benchmark (MovieLens-100K, test stage, full ranking)",
@@ -181,13 +252,27 @@ def markdown(rows: list[dict[str, Any]], result_checks: dict[str, Any], facts: d
         f"({facts['cold_items']} cold), split {facts['split_fingerprint'][:12]}; "
         f"torch threads {facts['threads']}; {facts['date']}.",
         "",
+        "New-item HR@10: each user's latest interaction with an item that has no training "
+        "interactions, ranked against the whole catalog (raw model lists). Cold-only "
+        "Recall@10: the same items ranked among themselves only (a diagnostic).",
+        "",
         head,
-        "|" + "---|" * 8,
+        "|" + "---|" * 9,
     ]
     for row in rows:
         ratio = f"{row['ndcg@10'] / best_peer:.2f}×" if best_peer > 0 else "n/a"
         cells = [row["name"], str(row["seeds"]), *(_fmt(row, c) for c in COLUMNS), ratio]
         lines.append("| " + " | ".join(cells) + " |")
+    served = [r for r in rows if "served_ndcg" in r]
+    if served:
+        lines += ["", "Served path (lists after `serve.exposure`):", ""]
+        lines += ["| model | warm NDCG@10 | new-item HR@10 |", "|---|---|---|"]
+        lines += [
+            f"| {r['name']} | {_fmt(r, 'served_ndcg')} | {_fmt(r, 'served_new_hr')} |"
+            for r in served
+        ]
+    if facts.get("lmrec", {}).get("tradeoff"):
+        lines += tradeoff_markdown(facts["lmrec"]["tradeoff"], facts["exposure"]["slots"])
     lines += ["", "| check | against | ratio / value | target | passed |", "|---|---|---|---|---|"]
     for key, check in result_checks.items():
         if key == "train_seconds_max":
@@ -215,6 +300,12 @@ def main(argv: list[str] | None = None) -> int:
         help="seeds for the RecBole peers (slow: ~3 min per SASRec epoch on 2 cores)",
     )
     parser.add_argument("--peers", nargs="*", default=list(PEER_MODULES))
+    parser.add_argument(
+        "--reference-params",
+        type=Path,
+        help="also train this params file's recipe (e.g. the previous default) as the "
+        "reference of the served_ndcg_vs_reference check",
+    )
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--no-cache", action="store_true", help="refit every peer")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads for lmrec")
@@ -236,6 +327,13 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params(args.params)
     lmrec, extra = run_lmrec(split, embeddings, params, args.seeds, log)
     rows = [lmrec]
+    reference = None
+    if args.reference_params is not None:
+        name = f"lmrec reference ({args.reference_params.name})"
+        ref_params = load_params(args.reference_params)
+        reference, _ = run_lmrec(split, embeddings, ref_params, args.seeds, log, name)
+        rows.append(reference)
+    rows.append(run_text_knn(split, embeddings, log))
     if not args.no_baselines:
         rows += run_baselines(split, params, args.seeds, log)
     peer_seeds = {
@@ -243,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     peers = run_peers(split, args.peers, peer_seeds, not args.no_cache, log)
     rows += peers
-    result_checks = checks(lmrec, peers)
+    result_checks = checks(lmrec, peers, reference)
     from benchmarks.peers import split_fingerprint
 
     facts = {
@@ -255,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d"),
         "lmrec": extra,
         "params": params.train.model_dump(),
+        "exposure": params.serve.exposure.model_dump(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     report = markdown(rows, result_checks, facts)

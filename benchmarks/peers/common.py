@@ -89,6 +89,12 @@ class MatrixScorer:
             )
         return self.scores[users]
 
+    def score_rows(self, users: np.ndarray) -> np.ndarray:
+        """Rows for ``users`` whatever history is asked about: the protocol's ``new_items``
+        slice scores targets no peer ever trained on (cold items), so a row built from the
+        full stage history leaks no answer; it only gives the peer more context."""
+        return self.scores[np.asarray(users, dtype=np.int64)]
+
     def score(self, histories: Sequence[np.ndarray]) -> np.ndarray:
         """Not supported: peer rows are per user; the protocol calls ``score_users``."""
         raise TypeError("a peer scorer needs user indices: call score_users(users, histories)")

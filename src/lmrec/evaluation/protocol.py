@@ -256,7 +256,8 @@ def new_item_slice(
     """HR/NDCG/MRR@k of the ``new_items`` rows (``new_item_rows``), full-catalog ranking.
 
     Every catalog item is a candidate except the row's history; the target has no training
-    interactions, so a model must rank it from its content alone against warm items.
+    interactions, so a model must rank it from its content alone against warm items. A
+    scorer of fixed per-user rows (``score_rows(users)``: benchmark peers) is given its rows.
 
     Returns:
         ``hr@k``, ``ndcg@k``, ``mrr@k``, ``n_users`` (rows), ``n_items`` (items without
@@ -264,11 +265,13 @@ def new_item_slice(
     """
     users, targets, histories = new_item_rows(split, stage)
     ranks, nonfinite = [], 0
-    for start, (batch, hist, scores) in zip(
-        range(0, len(users), batch_size),
-        _batches(model, split, users, stage, batch_size, histories),
-        strict=True,
-    ):
+    rows_of = getattr(model, "score_rows", None)
+    for start in range(0, len(users), max(batch_size, 1)):
+        batch, hist = users[start : start + batch_size], histories[start : start + batch_size]
+        if rows_of is not None:
+            scores = np.asarray(rows_of(batch))
+        else:
+            _, _, scores = next(_batches(model, split, batch, stage, len(batch), hist))
         target = targets[start : start + len(batch)]
         result = M.target_ranks(scores, target, exclusion_mask(hist, split.n_items, keep=target))
         ranks.append(result.ranks)

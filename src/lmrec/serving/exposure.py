@@ -47,7 +47,9 @@ class ExposurePolicy:
 
     def __post_init__(self) -> None:
         if self.slots < 0 or self.max_interactions < 1 or self.min_k < 1:
-            raise ValueError(f"exposure: need slots >= 0, max_interactions >= 1, min_k >= 1: {self}")
+            raise ValueError(
+                f"exposure: need slots >= 0, max_interactions >= 1, min_k >= 1: {self}"
+            )
         if self.max_age_days is not None and self.max_age_days <= 0:
             raise ValueError(f"exposure: max_age_days must be > 0 or None, got {self.max_age_days}")
 
@@ -89,7 +91,9 @@ def merge(top: Sequence[int], fresh_top: Sequence[int], k: int, reserved: int, f
         fresh: ``item -> bool`` (an array or any indexable) telling fresh items.
 
     Returns:
-        At most ``k`` distinct items: ``top``'s head, then fresh items in the last slots.
+        At most ``k`` distinct items: ``top``'s first ``k`` with its lowest-ranked warm items
+        replaced by the best fresh items it lacks, which take the last slots. Fresh items
+        already listed keep their places.
     """
     head = [int(i) for i in top[:k]]
     if reserved <= 0:
@@ -97,11 +101,13 @@ def merge(top: Sequence[int], fresh_top: Sequence[int], k: int, reserved: int, f
     need = reserved - sum(1 for i in head if fresh[i])
     if need <= 0:
         return head
-    kept = head[: k - need]
-    listed = set(kept)
+    listed = set(head)
     extra = [int(i) for i in fresh_top if int(i) not in listed][:need]
-    tail = [i for i in head[k - need :] if i not in listed and i not in extra]
-    return (kept + extra + tail)[:k]
+    room = k - len(head)  # a short list (small catalog) takes fresh items without dropping any
+    drop = max(0, len(extra) - room)
+    warm_positions = [p for p, i in enumerate(head) if not fresh[i]]
+    dropped = set(warm_positions[len(warm_positions) - drop :]) if drop else set()
+    return [i for p, i in enumerate(head) if p not in dropped] + extra
 
 
 def apply_to_scores(

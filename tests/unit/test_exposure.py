@@ -1,0 +1,54 @@
+"""The exposure policy's list surgery (lmrec.serving.exposure)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lmrec.serving.exposure import ExposurePolicy, apply_to_scores, list_ranks, merge
+
+FRESH = np.zeros(20, dtype=bool)
+FRESH[[15, 16, 17]] = True
+
+
+def test_fresh_items_take_the_last_slots_and_the_head_stays():
+    top = list(range(10))
+    assert merge(top, [16, 15, 17], 10, 2, FRESH) == [0, 1, 2, 3, 4, 5, 6, 7, 16, 15]
+
+
+def test_listed_fresh_items_count_and_keep_their_places():
+    top = [0, 15, 1, 2, 3, 4, 5, 6, 7, 16]  # two fresh items already in the list
+    assert merge(top, [15, 16, 17], 10, 2, FRESH) == top
+    assert merge(top, [15, 16, 17], 10, 3, FRESH) == [0, 15, 1, 2, 3, 4, 5, 6, 16, 17]
+
+
+def test_short_catalogs_and_too_few_fresh_items():
+    assert merge([0, 1, 2], [15], 5, 2, FRESH) == [0, 1, 2, 15]  # room: nothing dropped
+    assert merge(list(range(10)), [15], 10, 3, FRESH) == [*range(9), 15]  # only one fresh
+
+
+def test_policy_reserves_nothing_below_min_k_or_when_off():
+    policy = ExposurePolicy(slots=2, min_k=5)
+    assert [policy.reserved(k) for k in (1, 4, 5, 10)] == [0, 0, 2, 2]
+    assert ExposurePolicy(slots=0).reserved(10) == 0
+    with pytest.raises(ValueError, match="max_age_days"):
+        ExposurePolicy(max_age_days=0)
+
+
+def test_fresh_means_few_interactions_and_young_when_the_age_is_known():
+    policy = ExposurePolicy(max_interactions=2, max_age_days=1.0)
+    counts = np.array([0, 1, 2, 0, 0])
+    added = np.array([np.nan, np.nan, np.nan, 1000.0, 1000.0 - 2 * 86_400])
+    assert policy.fresh_mask(counts).tolist() == [True, True, False, True, True]
+    assert policy.fresh_mask(counts, added, now=1000.0).tolist() == [True, True, False, True, False]
+    with pytest.raises(ValueError, match="now"):
+        policy.fresh_mask(counts, added)
+
+
+def test_batch_lists_skip_excluded_items_and_rank_targets():
+    scores = np.tile(np.arange(20, 0, -1, dtype=float), (2, 1))  # item 0 best ... 19 worst
+    excluded = np.zeros((2, 20), dtype=bool)
+    excluded[1, 15] = True  # user 1 has seen fresh item 15
+    lists = apply_to_scores(scores, excluded, FRESH, 5, ExposurePolicy(slots=1, min_k=5))
+    assert lists.tolist() == [[0, 1, 2, 3, 15], [0, 1, 2, 3, 16]]
+    assert list_ranks(lists, np.array([15, 9]), miss=5).tolist() == [4, 5]
