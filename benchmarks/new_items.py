@@ -37,47 +37,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lmrec.config import load_params  # noqa: E402
-from lmrec.evaluation import metrics as M  # noqa: E402
-from lmrec.evaluation.protocol import exclusion_mask, new_item_rows  # noqa: E402
 from lmrec.features.dataset import SplitData, load_split  # noqa: E402
-from lmrec.serving.exposure import ExposurePolicy, apply_to_scores, list_ranks  # noqa: E402
+from lmrec.serving.exposure import ExposurePolicy  # noqa: E402
+from lmrec.serving.offline import served_metrics  # noqa: E402
 
 K = 10
 SLOTS = (0, 1, 2, 3)
-
-
-def _rows(split: SplitData, stage: str) -> dict[str, tuple[np.ndarray, list[np.ndarray]]]:
-    """Targets and histories of the warm rows and of the new-item rows."""
-    targets = split.test_items if stage == "test" else split.val_items
-    users = np.flatnonzero(targets >= 0)
-    warm = (targets[users], [split.history_for(int(u), stage) for u in users])
-    _, new_targets, new_histories = new_item_rows(split, stage)
-    return {"warm": warm, "new": (new_targets, new_histories)}
-
-
-def score_rows(model: Any, histories: Sequence[np.ndarray], users: np.ndarray | None = None):
-    """Scores of every item for each history (per-user peers: their rows)."""
-    if users is not None and hasattr(model, "score_rows"):
-        return np.asarray(model.score_rows(users), dtype=np.float64)
-    out = [
-        np.asarray(model.score(list(histories[i : i + 256]))) for i in range(0, len(histories), 256)
-    ]
-    return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 0))
-
-
-def policy_metrics(
-    scores: np.ndarray,
-    targets: np.ndarray,
-    histories: Sequence[np.ndarray],
-    fresh: np.ndarray,
-    policy: ExposurePolicy,
-) -> dict[str, float]:
-    """HR/NDCG@10 of ``targets`` in the lists the policy serves for these score rows."""
-    excluded = exclusion_mask(histories, scores.shape[1], keep=targets)
-    lists = apply_to_scores(scores, excluded, fresh, K, policy)
-    ranks = list_ranks(lists, targets, miss=K)
-    share = float(np.isin(lists, np.flatnonzero(fresh)).sum(1).mean()) if len(lists) else 0.0
-    return {"hr@10": M.hit_rate(ranks, K), "ndcg@10": M.ndcg(ranks, K), "fresh_per_list": share}
 
 
 def tradeoff(
@@ -86,38 +51,25 @@ def tradeoff(
     stage: str,
     slots: Sequence[int] = SLOTS,
     max_interactions: int = 1,
-    new_users: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per slot count: warm NDCG@10 and new-item HR/NDCG@10 after the policy."""
-    rows = _rows(split, stage)
-    n_train = np.zeros(split.n_items, dtype=np.int64)
-    n_train[split.items["item_idx"].to_numpy()] = split.items["n_train"].to_numpy()
-    targets_u = split.test_items if stage == "test" else split.val_items
-    warm_users = np.flatnonzero(targets_u >= 0)
-    scores = {
-        "warm": score_rows(model, rows["warm"][1], warm_users),
-        "new": score_rows(model, rows["new"][1], new_users),
-    }
-    out = []
-    for n_slots in slots:
-        policy = ExposurePolicy(slots=n_slots, max_interactions=max_interactions, max_age_days=None)
-        fresh = policy.fresh_mask(n_train)
-        warm = policy_metrics(scores["warm"], *rows["warm"], fresh, policy)
-        new = policy_metrics(scores["new"], *rows["new"], fresh, policy)
-        out.append(
-            {
-                "slots": n_slots,
-                "max_interactions": max_interactions,
-                "warm_ndcg@10": warm["ndcg@10"],
-                "warm_hr@10": warm["hr@10"],
-                "new_hr@10": new["hr@10"],
-                "new_ndcg@10": new["ndcg@10"],
-                "fresh_per_list": warm["fresh_per_list"],
-                "n_warm": len(rows["warm"][0]),
-                "n_new": len(rows["new"][0]),
-            }
-        )
-    return out
+    """One flat row per slot count: warm NDCG@10 and new-item HR/NDCG@10 in served lists."""
+    policies = [
+        ExposurePolicy(slots=n, max_interactions=max_interactions, max_age_days=None) for n in slots
+    ]
+    return [
+        {
+            "slots": r["slots"],
+            "max_interactions": r["max_interactions"],
+            "warm_ndcg@10": r["overall"]["ndcg@10"],
+            "warm_hr@10": r["overall"]["hr@10"],
+            "new_hr@10": r["new_items"]["hr@10"],
+            "new_ndcg@10": r["new_items"]["ndcg@10"],
+            "fresh_per_list": r["overall"]["fresh_per_list"],
+            "n_warm": r["overall"]["n_users"],
+            "n_new": r["new_items"]["n_users"],
+        }
+        for r in served_metrics(model, split, policies, stage, K)
+    ]
 
 
 def train_lmrec(split, embeddings, params, seed: int, id_dropout: float):

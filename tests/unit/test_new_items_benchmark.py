@@ -1,6 +1,6 @@
-"""The new-item benchmark's served-path metrics (benchmarks/new_items.py; the benchmark itself
-runs on demand): with no reserved slot they are the protocol's own numbers, and each slot
-puts fresh items in every list without moving the warm head."""
+"""The served path offline (lmrec.serving.offline, through benchmarks/new_items.py, which runs
+on demand): with no reserved slot it gives the protocol's own numbers, and each slot puts
+fresh items in every list without moving the warm head."""
 
 from __future__ import annotations
 
