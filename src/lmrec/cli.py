@@ -320,6 +320,41 @@ def gate(
 
 
 @app.command()
+def refit(
+    interactions: InteractionsOpt = Path("data/interactions.parquet"),
+    split: Annotated[
+        Path, typer.Option(help="split directory of `lmrec preprocess` (the item index).")
+    ] = Path("artifacts/preprocess"),
+    embeddings: Annotated[
+        Path, typer.Option(help="embedding directory written by `lmrec embed`.")
+    ] = Path("artifacts/embed"),
+    train_dir: TrainDirOpt = Path("artifacts/train"),
+    gate_file: Annotated[
+        Path, typer.Option("--gate", help="the gate's verdict on the candidate.", dir_okay=False)
+    ] = Path("artifacts/gate/gate.json"),
+    out: Annotated[
+        Path, typer.Option(help="output directory: model/, data/, refit.json, run.json.")
+    ] = Path("artifacts/refit"),
+    progress: Annotated[bool, typer.Option(help="show per-epoch progress bars.")] = True,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Train the model that is served: the gated candidate's recipe (params train) on every
+    event, validation, test and cold-holdout events included, for the epoch count early
+    stopping chose for the candidate; log an MLflow run. Exit 4 when the gate refused the
+    candidate.
+    """
+    from lmrec.config import load_params
+    from lmrec.stages import refit as stage
+
+    try:
+        inputs = stage.RefitInputs(interactions, split, embeddings, train_dir, gate_file)
+        summary = stage.run(load_params(params), inputs, out, progress=progress)
+    except LmrecError as err:
+        raise _fail(err) from None
+    _show(f"refit model written to {out}/model/", summary)
+
+
+@app.command()
 def register(
     gate_dir: Annotated[Path, typer.Option("--gate", help="gate stage output (gate.json).")] = Path(
         "artifacts/gate"
@@ -328,20 +363,24 @@ def register(
         Path, typer.Option(help="evaluate stage output (comparison.json, for version tags).")
     ] = Path("artifacts/evaluate"),
     train_dir: TrainDirOpt = Path("artifacts/train"),
+    refit_dir: Annotated[
+        Path, typer.Option("--refit", help="refit stage output: model/, refit.json, run.json.")
+    ] = Path("artifacts/refit"),
     out: Annotated[Path, typer.Option(help="output directory for registration.json.")] = Path(
         "artifacts/register"
     ),
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Register the candidate the gate passed as an MLflow model version (alias challenger)
-    and, with params register.auto_promote, promote it to champion. Re-running for the
-    same candidate changes nothing. Exit 4 when the gate refused it.
+    whose model is its refit on all data, and, with params register.auto_promote, promote
+    it to champion. Re-running for the same candidate and refit changes nothing. Exit 4
+    when the gate refused it; exit 2 when the refit belongs to another candidate.
     """
     from lmrec.config import load_params
     from lmrec.stages import register as stage
 
     try:
-        record = stage.run(load_params(params), gate_dir, evaluation, train_dir, out)
+        record = stage.run(load_params(params), gate_dir, evaluation, train_dir, refit_dir, out)
     except LmrecError as err:
         raise _fail(err) from None
     _show(
@@ -428,7 +467,13 @@ def versions(params: ParamsOpt = Path("params.yaml")) -> None:
 
 @app.command()
 def package(
-    split: SplitOpt = Path("artifacts/preprocess"),
+    split: Annotated[
+        Path,
+        typer.Option(
+            help="the served model's training data: known users' histories and item "
+            "popularity (the refit stage's data/, or a preprocess split)."
+        ),
+    ] = Path("artifacts/refit/data"),
     embeddings: Annotated[
         Path, typer.Option(help="embedding directory (text vectors for similar items).")
     ] = Path("artifacts/embed"),

@@ -130,3 +130,50 @@ def load_split(split_dir: str | Path) -> SplitData:
         cold=cold,
         summary=summary,
     )
+
+
+def write_all_events(
+    out_dir: Path, events: pd.DataFrame, items: pd.DataFrame, summary: dict
+) -> None:
+    """Write every event as training data, in the split layout (``load_split`` reads it).
+
+    The production refit's data: each user's whole ordered history is ``train_items`` (no
+    validation or test item: -1), there is no cold slice, and the catalog is ``items`` (a
+    split's item table, so the item index is the embeddings' one) with ``n_train``
+    counting every event and no item marked cold.
+
+    Args:
+        out_dir: the directory to write (atomically).
+        events: ``user_id``, ``item_id``, ``timestamp``, ordered per user (oldest first),
+            e.g. ``features.split.all_events``.
+        items: a split's item table (``item_idx``, ``item_id``, ``title``, ...).
+        summary: written as ``summary.json``.
+
+    Raises:
+        ValueError: an event's item is not in ``items``.
+    """
+    index = pd.Series(items["item_idx"].to_numpy(np.int64), index=items["item_id"].astype(str))
+    item_idx = events["item_id"].astype(str).map(index)
+    if item_idx.isna().any():
+        missing = sorted(set(events.loc[item_idx.isna(), "item_id"].astype(str)))[:5]
+        raise ValueError(f"events on items missing from the catalog, e.g. {missing}")
+    events = events.assign(item_idx=item_idx.astype(np.int64))
+    by_user = events.groupby("user_id", sort=True)
+    users = np.asarray(list(by_user.groups), dtype=object)
+    no_item = np.full(len(users), -1, dtype=np.int64)
+    sequences = pd.DataFrame(
+        {
+            "user_idx": np.arange(len(users), dtype=np.int64),
+            "user_id": users,
+            "train_items": by_user["item_idx"].agg(list).reindex(users).to_numpy(),
+            "train_times": by_user["timestamp"].agg(list).reindex(users).to_numpy(),
+            "val_item": no_item,
+            "test_item": no_item,
+        }
+    )
+    counts = np.bincount(events["item_idx"], minlength=len(items))
+    table = items.sort_values("item_idx").reset_index(drop=True)
+    table = table.assign(is_cold=False, n_train=counts[table["item_idx"]].astype(np.int64))
+    empty = np.zeros(0, dtype=np.int64)
+    cold = pd.DataFrame({"user_idx": empty, "item_idx": empty, "timestamp": empty})
+    write_split(out_dir, sequences, table, cold, summary)

@@ -12,12 +12,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from lmrec.config import GateCheck, GateParams
-from lmrec.io import LmrecError
+from lmrec.io import DataError, LmrecError
 
-#: Exit code of ``lmrec gate`` (and ``lmrec register``) when the gate refuses a candidate.
+#: Exit code of ``lmrec gate`` (and ``lmrec refit``, ``lmrec register``) on a refusal.
 REFUSED_EXIT_CODE = 4
 
 Status = Literal["pass", "fail", "skip"]
@@ -44,15 +45,14 @@ class Reference:
 
 
 def metric_value(metrics: Mapping[str, Any], path: str) -> float:
-    """``"overall.ndcg@10"`` / ``"slices.cold_items.recall@10"`` -> the number (NaN if None).
+    """``"overall.ndcg@10"`` / ``"slices.cold_items.recall@10"`` /
+    ``"served.new_items.hr@10"`` -> the number (NaN if None).
 
     Raises:
         LmrecError: the path names a metric the evaluation did not compute.
     """
     node: Any = metrics
-    head, _, rest = path.partition(".")
-    parts = ["slices", *rest.split(".", 1)] if head == "slices" else [head, rest]
-    for part in parts:
+    for part in path.split("."):
         if not isinstance(node, Mapping) or part not in node:
             known = sorted(node) if isinstance(node, Mapping) else []
             raise LmrecError(
@@ -202,3 +202,31 @@ def _nonfinite_check(params: GateParams, candidate: Mapping[str, Any]) -> CheckR
 
 def passed(results: list[CheckResult]) -> bool:
     return not any(r.status == "fail" for r in results)
+
+
+class GateRefused(LmrecError):
+    """The gate refused the candidate: nothing after the gate runs (exit code 4)."""
+
+    exit_code = REFUSED_EXIT_CODE
+
+
+def require_pass(
+    verdict: Mapping[str, Any], digest: str, source: str | Path, model: str | Path
+) -> None:
+    """Go on only when ``verdict`` (a ``gate.json``) passed the model with ``digest``.
+
+    Args:
+        verdict: the gate stage's report.
+        digest: ``model_digest`` of the candidate about to be refit or registered.
+        source: the verdict's file, named in the errors.
+        model: the candidate's directory, named in the errors.
+
+    Raises:
+        DataError: the verdict judged another model (it is stale: re-run the gate).
+        GateRefused: the gate refused this candidate; the message lists why.
+    """
+    if verdict.get("candidate_digest") != digest:
+        raise DataError(f"{source}: judged another model than {model}; re-run the gate")
+    if not verdict.get("passed"):
+        failed = [c["reason"] for c in verdict.get("checks", []) if c["status"] == "fail"]
+        raise GateRefused("the gate refused this candidate:\n  " + "\n  ".join(failed))

@@ -7,8 +7,22 @@ passed the gate. Aliases, not the deprecated stages, say what is what:
 - ``challenger``: a registered version waiting for promotion (A/B tests serve it beside the
   champion); promotion removes the alias from the version it promotes.
 
-Every version carries the tag ``lmrec.model_digest`` (sha256 of the saved model directory),
-so registering the same candidate twice finds the existing version instead of adding one.
+A version is one gated recipe with two models (DESIGN.md: the gate judges a candidate
+trained on the split; what is served is the same recipe refit on everything):
+
+- the **served** model: the version's own MLflow model (its source), the refit on all data;
+  ``download(..., served=True)``, ``models:/lmrec@champion``, and what package bundles;
+- the **evaluated** model: the held-out candidate the gate judged, whose test metrics the
+  version's tags carry (tag ``lmrec.candidate_model_uri``, the train run's logged model);
+  ``download(...)``, what the evaluate stage compares the next candidate with. A refit has
+  trained on the test events, so only the candidate gives an honest comparison.
+
+Versions registered before the refit existed have one model, which is both.
+
+Every version carries the tag ``lmrec.model_digest`` (sha256 of the evaluated candidate's
+model directory) and, when refit, ``lmrec.refit_digest`` (of the served model), so
+registering the same candidate and refit twice finds the existing version instead of
+adding one.
 The registered model's tag ``lmrec.champion_history`` lists the versions promoted so far
 (JSON, oldest first); ``rollback`` pops the current champion from it and points the alias
 at the version before.
@@ -33,6 +47,8 @@ from lmrec.io import LmrecError
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 DIGEST_TAG = "lmrec.model_digest"
+REFIT_DIGEST_TAG = "lmrec.refit_digest"
+CANDIDATE_MODEL_TAG = "lmrec.candidate_model_uri"
 HISTORY_TAG = "lmrec.champion_history"
 ROLLED_BACK_TAG = "lmrec.rolled_back"
 
@@ -65,7 +81,13 @@ class Version:
 
     @property
     def digest(self) -> str | None:
+        """The evaluated candidate's model digest (the version's identity)."""
         return self.tags.get(DIGEST_TAG)
+
+    @property
+    def served_digest(self) -> str | None:
+        """The served model's digest: the refit's, or the candidate's when not refit."""
+        return self.tags.get(REFIT_DIGEST_TAG) or self.digest
 
 
 @dataclass(frozen=True)
@@ -144,9 +166,15 @@ class Registry:
                 return v
         return None
 
-    def find_digest(self, digest: str) -> Version | None:
-        """The newest version registered from a model with this digest, or None."""
-        matches = [v for v in self.versions() if v.digest == digest]
+    def find_digest(self, digest: str, refit_digest: str | None = None) -> Version | None:
+        """The newest version of the candidate with this digest (and, when given, of this
+        refit of it), or None."""
+        matches = [
+            v
+            for v in self.versions()
+            if v.digest == digest
+            and (refit_digest is None or v.tags.get(REFIT_DIGEST_TAG) == refit_digest)
+        ]
         return matches[-1] if matches else None
 
     def history(self) -> list[int]:
@@ -157,9 +185,9 @@ class Registry:
 
     # ---------------------------------------------------------------- writing
     def register(self, model_uri: str, run_id: str | None, tags: dict[str, str]) -> Version:
-        """A version for ``model_uri``, reusing the one with the same digest tag if any."""
+        """A version for ``model_uri``, reusing the one with the same digest tags if any."""
         digest = tags.get(DIGEST_TAG)
-        existing = self.find_digest(digest) if digest else None
+        existing = self.find_digest(digest, tags.get(REFIT_DIGEST_TAG)) if digest else None
         if existing is not None:
             return existing
         if self._model() is None:
@@ -238,15 +266,26 @@ class Registry:
         return AliasChange(current.number, previous)
 
     # -------------------------------------------------------------- artifacts
-    def download(self, number: int, dst: str | Path) -> Path:
-        """Download a version's MLflow model into ``dst``; return its lmrec model directory."""
+    def download(self, number: int, dst: str | Path, *, served: bool = False) -> Path:
+        """Download one of a version's models into ``dst``; return its lmrec model directory.
+
+        Args:
+            number: the version.
+            dst: a directory to download into.
+            served: the served (refit) model instead of the evaluated candidate. The
+                default is the model the version's metrics describe, the one to compare
+                on a split; ``served=True`` is the one to serve.
+        """
         version = self.version(number)
+        uri = f"models:/{self.name}/{version.number}"
+        if not served:
+            uri = version.tags.get(CANDIDATE_MODEL_TAG) or uri
         dst = Path(dst)
         dst.mkdir(parents=True, exist_ok=True)
         try:
             with _tracking_uri(self._mlflow, self.uri):
                 local = self._mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"models:/{self.name}/{version.number}", dst_path=str(dst)
+                    artifact_uri=uri, dst_path=str(dst)
                 )
         except Exception as err:  # MLflow raises many types for missing artifacts
             raise RegistryError(

@@ -1,9 +1,14 @@
 """Package stage: the registry's champion (and challenger) -> BentoML models -> a Bento.
 
-1. Resolve the aliases to concrete MLflow versions and download them.
-2. Build a serving bundle for each (``lmrec.serving.bundle``) under ``out_dir/bundles/``.
+1. Resolve the aliases to concrete MLflow versions and download their served models (the
+   refit on all data; ``Registry.download(..., served=True)``).
+2. Build a serving bundle for each (``lmrec.serving.bundle``) under ``out_dir/bundles/``,
+   with the known users' histories and the item popularity of ``split_dir``: in the
+   pipeline the refit stage's ``data/``, every event the refit learned from (each user's
+   whole history, validation, test and cold-holdout events included).
 3. Import each bundle into the BentoML model store as ``lmrec-champion`` /
-   ``lmrec-challenger`` with version ``v<N>-<digest8>`` and labels (alias, version, digest);
+   ``lmrec-challenger`` with version ``v<N>-<digest8>`` (the served model's digest) and
+   labels (alias, version, digest, candidate_digest);
    the imported model becomes ``:latest``, which is what the service loads. A stale
    ``lmrec-challenger`` is removed when there is no challenger any more.
 4. ``bentoml build`` a Bento from ``bentofile.yaml`` with those exact model versions.
@@ -92,7 +97,15 @@ def run(
     out_dir: Path,
     bentofile: Path | None = Path("bentofile.yaml"),
 ) -> dict[str, Any]:
-    """Package the champion (and challenger); build the Bento unless ``bentofile`` is None."""
+    """Package the champion (and challenger); build the Bento unless ``bentofile`` is None.
+
+    Args:
+        params: every params block (``register``, ``train.mlflow``).
+        split_dir: the served models' training data (split layout): histories, popularity.
+        embed_dir: the item text embeddings.
+        out_dir: ``bundles/``, ``package.json`` and the resolved ``bentofile.yaml``.
+        bentofile: the Bento build file, or None to import the bundles only.
+    """
     registry = Registry(tracking_uri(params.train.mlflow.tracking_uri), params.register.model_name)
     record: dict[str, Any] = {"model_name": registry.name, "models": {}}
     tags = []
@@ -110,13 +123,14 @@ def run(
         labels = {
             "alias": alias,
             "version": str(version.number),
-            "digest": version.digest or "unknown",
+            "digest": version.served_digest or "unknown",
+            "candidate_digest": version.digest or "unknown",
             "model_name": registry.name,
             "mlflow_run_id": str(version.run_id),
         }
         bundle_dir = out_dir / "bundles" / alias
         with tempfile.TemporaryDirectory(prefix="lmrec-package-") as tmp:
-            model_dir = registry.download(version.number, tmp)
+            model_dir = registry.download(version.number, tmp, served=True)
             info = build_bundle(model_dir, split_dir, embed_dir, bundle_dir, labels)
         tag = import_bundle(bundle_dir, BENTO_MODELS[alias], labels)
         tags.append(tag)

@@ -31,18 +31,16 @@ import torch
 
 from lmrec.config import Params
 from lmrec.features.dataset import SplitData, load_split
-from lmrec.io import DataError, atomic_dir, atomic_path, json_safe, write_json
+from lmrec.io import DataError, atomic_path, json_safe, write_json
 from lmrec.models.base import Recommender
 from lmrec.stages.embed import META_FILE as ENCODER_META
 from lmrec.stages.embed import load_embeddings
 from lmrec.train import distributed
 from lmrec.train.checkpoint import read_meta
+from lmrec.train.layout import ITEM_IDS_FILE as ITEM_IDS_FILE  # re-exported: drift, evaluate
+from lmrec.train.layout import RUN_FILE, TRAINING_FILE, write_model_dir
 from lmrec.train.tracking import Tracker, data_version, git_commit, tracking_uri
 from lmrec.train.trainer import LAST, TrainResult, train_baselines, train_sequential
-
-ITEM_IDS_FILE = "item_ids.json"
-TRAINING_FILE = "training.json"
-RUN_FILE = "run.json"
 
 
 def _resumed_run_id(checkpoint_dir: Path, resume: bool) -> str | None:
@@ -52,14 +50,7 @@ def _resumed_run_id(checkpoint_dir: Path, resume: bool) -> str | None:
 
 
 def _save_with_ids(model: Recommender, directory: Path, split: SplitData, **files: Any) -> None:
-    with atomic_dir(directory) as tmp:
-        model.save(tmp)
-        write_json(tmp / ITEM_IDS_FILE, split.items["item_id"].astype(str).tolist())
-        for name, value in files.items():
-            if isinstance(value, Path):
-                shutil.copy(value, tmp / name)
-            else:
-                write_json(tmp / name, value)
+    write_model_dir(model, directory, split.items["item_id"].astype(str).tolist(), files)
 
 
 def _write_history(path: Path, history: list[dict[str, float]]) -> None:
