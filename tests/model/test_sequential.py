@@ -17,10 +17,10 @@ from lmrec.models.popularity import PopularityRecommender
 from lmrec.models.sequential import (
     SequentialParams,
     SequentialRecommender,
-    _cross_entropy,
     history_tokens,
     training_windows,
 )
+from lmrec.models.sequential_loss import smoothed_cross_entropy as _cross_entropy
 from lmrec.models.sequential_net import BOS, PAD
 
 from .conftest import Planted, hit_rate, make_planted, make_split, tiny_sequential
@@ -109,6 +109,27 @@ def test_cold_items_ignore_their_id_embeddings(model: SequentialRecommender) -> 
             torch.testing.assert_close(net.item_vectors()[cold], expected)
         finally:
             net.item_id.weight[cold] = saved
+
+
+def test_text_item_vectors_are_the_cold_items_vectors(
+    model: SequentialRecommender, planted: Planted
+) -> None:
+    """An item given by its text alone gets the vector ``item_matrix`` gives a cold item."""
+    cold = np.flatnonzero(~model.net.id_known.numpy())
+    assert len(cold) > 0
+    vectors = model.text_item_vectors(model.item_embeddings[cold])
+    assert vectors.shape == (len(cold), model.params.dim) and vectors.dtype == np.float32
+    np.testing.assert_allclose(vectors, model.item_matrix()[cold], rtol=0, atol=1e-6)
+    # Warm items' vectors also carry their ID embedding: text alone differs from them.
+    warm = np.flatnonzero(model.net.id_known.numpy())[:5]
+    assert not np.allclose(
+        model.text_item_vectors(model.item_embeddings[warm]), model.item_matrix()[warm]
+    )
+    with pytest.raises(ValueError, match="text embeddings"):
+        model.text_item_vectors(np.zeros((2, model.item_embeddings.shape[1] + 1), np.float32))
+    id_only = SequentialRecommender(SequentialParams(epochs=1, dim=16, device="cpu"))
+    with pytest.raises(ValueError, match="no text"):
+        id_only.fit(planted.split).text_item_vectors(model.item_embeddings[cold])
 
 
 def test_sampled_softmax_learns_and_is_deterministic(planted: Planted, monkeypatch) -> None:
