@@ -144,7 +144,8 @@ class EvaluateParams(Block):
 
 
 METRIC_PATH = (
-    r"^(overall|slices\.(cold_items|new_items|short_history|long_tail))\.[a-z_]+(@\d+)?$"
+    r"^(overall|slices\.(cold_items|new_items|short_history|long_tail)"
+    r"|served\.(overall|new_items))\.[a-z_]+(@\d+)?$"
 )
 
 

@@ -37,6 +37,8 @@ from lmrec.features.dataset import SplitData, load_split
 from lmrec.io import DataError, LmrecError, atomic_path, json_safe, write_json
 from lmrec.models.registry import load_model
 from lmrec.registry.store import CHAMPION, Registry, model_digest
+from lmrec.serving.exposure import ExposurePolicy
+from lmrec.serving.offline import served_metrics
 from lmrec.stages.embed import load_embeddings
 from lmrec.stages.train import ITEM_IDS_FILE, RUN_FILE
 from lmrec.train.tracking import tracking_uri
@@ -61,6 +63,22 @@ def _model_dirs(directory: Path) -> dict[str, Path]:
 
 
 def _protocol(scorer: Any, split: SplitData, params: Params, emb: np.ndarray) -> dict[str, Any]:
+    """The protocol on the raw ranking, plus ``served``: the lists after ``serve.exposure``."""
+    cfg = params.evaluate
+    results = _raw_protocol(scorer, split, params, emb)
+    exposure = params.serve.exposure
+    policy = ExposurePolicy(
+        slots=exposure.slots,
+        max_interactions=exposure.max_interactions,
+        max_age_days=exposure.max_age_days,
+        min_k=exposure.min_k,
+    )
+    served = served_metrics(scorer, split, [policy], cfg.stage, cfg.k)[0]
+    results["served"] = {"overall": served["overall"], "new_items": served["new_items"]}
+    return results
+
+
+def _raw_protocol(scorer: Any, split: SplitData, params: Params, emb: np.ndarray) -> dict:
     cfg = params.evaluate
     return evaluate_protocol(
         scorer,
@@ -158,7 +176,11 @@ def _metrics(comparison: dict[str, Any]) -> dict[str, Any]:
     cand = models["candidate"]
     out: dict[str, Any] = {
         "stage": comparison["stage"],
-        "candidate": {"overall": cand["overall"], "slices": cand["slices"]},
+        "candidate": {
+            "overall": cand["overall"],
+            "slices": cand["slices"],
+            "served": cand["served"],
+        },
     }
     if comparison["seeds"]["n"] > 1:
         out["seeds"] = comparison["seeds"]
@@ -230,7 +252,9 @@ def _log_to_mlflow(
     client = MlflowClient(tracking_uri=uri)
     stage = comparison["stage"]
     cand = comparison["models"]["candidate"]
-    values = flatten({"overall": cand["overall"], "slices": cand["slices"]})
+    values = flatten(
+        {"overall": cand["overall"], "slices": cand["slices"], "served": cand["served"]}
+    )
     try:
         client.log_batch(
             run_id,
@@ -254,10 +278,8 @@ def _summary(comparison: dict[str, Any]) -> dict[str, Any]:
     for m in comparison["models"].values():
         ndcg = m["overall"].get("ndcg@10")
         new = m["slices"]["new_items"].get("hr@10")
-        cold = m["slices"]["cold_items"].get("recall@10")
-        out[m["label"]] = (
-            f"{stage} ndcg@10 {ndcg}  new-item hr@10 {new}  cold-only recall@10 {cold}"
-        )
+        served = m["served"]["new_items"].get("hr@10")
+        out[m["label"]] = f"{stage} ndcg@10 {ndcg}  new-item hr@10 {new} (served lists: {served})"
     seeds = comparison["seeds"]
     if seeds["n"] > 1:
         ndcg = seeds["overall"]["ndcg@10"]
