@@ -7,16 +7,18 @@ change and records what ran in ``dvc.lock``. Nothing from lmrec is imported here
 stays free of torch, MLflow and BentoML.
 
 configure (setup) -> snapshot -> validate -> preprocess -> embed -> train -> evaluate
--> gate -> gate_passed (short-circuit) -> register -> package -> deploy -> restore_params
-(teardown).
+-> gate -> gate_passed (short-circuit) -> refit -> register -> package -> deploy
+-> restore_params (teardown).
 
 - ``gate`` exits 0 whether the candidate passed or was refused (exit 4 of ``lmrec gate``
   is a verdict, not a crash) and returns the verdict; ``gate_passed`` logs the reasons
-  from ``gate.json`` and, on a refusal, skips register, package and deploy: the run ends
-  green with the champion untouched.
-- ``train`` runs on the ``$LMREC_TRAIN_QUEUE`` queue (default ``gpu``: Celery/Kubernetes
-  executors route it to GPU workers; the local executor ignores queues) in the pool
-  ``$LMREC_TRAIN_POOL`` (default ``default_pool``, which always exists).
+  from ``gate.json`` and, on a refusal, skips refit, register, package and deploy: the run
+  ends green with the champion untouched.
+- ``refit`` trains the served model: the gated recipe on every event (no holdout) for the
+  epoch count early stopping chose for the candidate; register versions it.
+- ``train`` and ``refit`` run on the ``$LMREC_TRAIN_QUEUE`` queue (default ``gpu``:
+  Celery/Kubernetes executors route them to GPU workers; the local executor ignores queues)
+  in the pool ``$LMREC_TRAIN_POOL`` (default ``default_pool``, which always exists).
 - One run at a time (``max_active_runs=1``): every run writes the same workspace.
 - Param overrides (``params_file``, ``epochs``, ``encoder_finetune``, ``overrides``) are
   written into the workspace's ``params.yaml`` by ``configure`` for this run only;
@@ -102,7 +104,8 @@ def _merge(base: dict, update: dict) -> dict:
     },
 )
 def lmrec_retrain():
-    """Retrain, gate, register, package and deploy the lmrec recommender (dags/README.md)."""
+    """Retrain, gate, refit, register, package and deploy the lmrec recommender
+    (dags/README.md)."""
     env = task_env(LMREC_FORCE="{{ '--force' if params.force else '' }}")
     bash = {"append_env": True, "cwd": "{{ params.workspace }}"}
 
@@ -191,16 +194,18 @@ def lmrec_retrain():
             (ws / BACKUP).replace(ws / "params.yaml")
 
     conf, restore, verdict = configure(), restore_params(), gate()
+    gpu = {"queue": TRAIN_QUEUE, "pool": TRAIN_POOL, "execution_timeout": timedelta(hours=12)}
     chain(
         conf,
         snapshot(),
         stage("validate"),
         stage("preprocess"),
         stage("embed", execution_timeout=timedelta(hours=3)),
-        stage("train", queue=TRAIN_QUEUE, pool=TRAIN_POOL, execution_timeout=timedelta(hours=12)),
+        stage("train", **gpu),
         stage("evaluate", execution_timeout=timedelta(hours=2)),
         verdict,
         gate_passed(verdict),
+        stage("refit", **gpu),
         stage("register"),
         stage("package"),
         deploy(),

@@ -23,9 +23,9 @@ from .conftest import REPO, airflow
 
 RETRAIN = [
     "configure", "snapshot", "validate", "preprocess", "embed", "train", "evaluate", "gate",
-    "gate_passed", "register", "package", "deploy", "restore_params",
+    "gate_passed", "refit", "register", "package", "deploy", "restore_params",
 ]  # fmt: skip
-AFTER_GATE = ["register", "package", "deploy"]
+AFTER_GATE = ["refit", "register", "package", "deploy"]
 # The gate's latency budget (p95 in the tiny profile) is about this machine's load,
 # not the DAG: the shared 2-core CI box can miss it, so every run here relaxes it.
 RELAXED = {"gate": {"latency": {"p95_ms": 10000.0}}}
@@ -48,8 +48,11 @@ def test_retrain_structure(dagbag):
         assert downstream in tasks[upstream]["downstream"], (upstream, downstream)
     assert tasks["configure"]["is_setup"] and tasks["restore_params"]["is_teardown"]
     assert "restore_params" in tasks["configure"]["downstream"]
-    assert tasks["train"]["queue"] == "gpu"
-    assert tasks["train"]["pool"] == "default_pool"  # exists everywhere; see dags/README.md
+    for gpu_task in ("train", "refit"):  # the two fits go to GPU workers
+        assert tasks[gpu_task]["queue"] == "gpu", gpu_task
+        assert tasks[gpu_task]["pool"] == "default_pool"  # exists everywhere; dags/README.md
+    assert tasks["gate_passed"]["downstream"] == ["refit"]
+    assert tasks["refit"]["downstream"] == ["register"]
     assert tasks["gate_passed"]["operator"] == "_ShortCircuitDecoratedOperator"
     assert tasks["validate"]["operator"] == "_BashDecoratedOperator"
     assert dag["max_active_runs"] == 1
@@ -70,7 +73,8 @@ def test_every_task_retries_times_out_and_records_failures(dagbag):
             assert task["retries"] >= 1, (dag_id, task_id)
             assert task["timeout_s"] and task["timeout_s"] > 0, (dag_id, task_id)
             assert task["on_failure_callback"], (dag_id, task_id)
-    assert dagbag["dags"]["lmrec_retrain"]["tasks"]["train"]["timeout_s"] >= 3600
+    for fit in ("train", "refit"):
+        assert dagbag["dags"]["lmrec_retrain"]["tasks"][fit]["timeout_s"] >= 3600
 
 
 # --- end to end under `airflow dags test` (tiny profile) ------------------------------
@@ -141,6 +145,12 @@ def test_retrain_end_to_end(first_run, workspace):
     assert _champion(workspace) == 1
     packaged = json.loads((workspace / "artifacts/package/package.json").read_text())
     assert packaged["models"]["champion"]["version"] == 1
+    # The champion serves the refit of the gated candidate.
+    refit = json.loads((workspace / "artifacts/refit/refit.json").read_text())
+    gate = json.loads((workspace / "artifacts/gate/gate.json").read_text())
+    assert refit["candidate_digest"] == gate["candidate_digest"]
+    champion = Registry(f"sqlite:///{workspace}/mlflow.db", "lmrec").alias("champion")
+    assert champion.served_digest == refit["model_digest"] != champion.digest
     assert (workspace / "data.dvc").exists()
     assert not (workspace / "artifacts/airflow_failures.jsonl").exists()
     # the run's params override is undone: the workspace has the profile's params again
