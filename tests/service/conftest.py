@@ -63,6 +63,8 @@ class Bundles:
     titles: dict[str, str]
     #: item ids, most popular first (the cold-start order)
     popular: list[str]
+    #: catalog items without training interactions (fresh for the exposure policy), by index
+    fresh: list[str]
 
 
 @dataclass
@@ -262,6 +264,7 @@ def bundles(tmp_path_factory, tiny_split_dir, tiny_params) -> Bundles:
         item_ids=ids,
         titles=dict(zip(ids, catalog["title"].astype(str), strict=True)),
         popular=order["item_id"].astype(str).tolist(),
+        fresh=catalog.loc[catalog["popularity"] == 0, "item_id"].astype(str).tolist(),
     )
 
 

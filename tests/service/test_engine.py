@@ -1,4 +1,8 @@
-"""The serving engine in-process, on a tiny bundle: every request path and every refusal."""
+"""The serving engine in-process, on a tiny bundle: every request path and every refusal.
+
+These tests check the model's own order, so their engines run with the exposure policy
+off (``RAW``); tests/service/test_engine_exposure.py covers the policy.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from lmrec.config import ServeParams
+from lmrec.config import ExposureParams, ServeParams
 from lmrec.features.dataset import load_split
 from lmrec.models.popularity import PopularityRecommender
 from lmrec.serving.bundle import Bundle, build_bundle
@@ -18,6 +22,9 @@ from lmrec.stages import embed
 from lmrec.train.trainer import train_sequential
 
 torch.set_num_threads(1)
+
+#: serving params with the exposure policy off: lists in the model's order
+RAW = ServeParams(exposure=ExposureParams(slots=0))
 
 
 def save_with_ids(model, directory: Path, item_ids: list[str]) -> Path:
@@ -51,7 +58,7 @@ def tiny(tmp_path_factory, tiny_split_dir, tiny_params):
 
 @pytest.fixture(scope="module")
 def engine(tiny) -> Engine:
-    return Engine.load(tiny["bundle"], ServeParams())
+    return Engine.load(tiny["bundle"], RAW)
 
 
 def known_user(engine: Engine) -> tuple[str, np.ndarray]:
@@ -167,7 +174,7 @@ def test_bad_requests_are_refused_with_a_status_and_a_message(engine, request_, 
 
 
 def test_faiss_index_agrees_with_exact_scoring(tiny, engine):
-    indexed = Engine.load(tiny["bundle"], ServeParams(faiss_min_items=1))
+    indexed = Engine.load(tiny["bundle"], RAW.model_copy(update={"faiss_min_items": 1}))
     assert indexed.faiss_index is not None and engine.faiss_index is None
     overlaps = []
     for user_id in list(engine.bundle.users)[:30]:
@@ -178,7 +185,7 @@ def test_faiss_index_agrees_with_exact_scoring(tiny, engine):
 
 
 def test_int8_quantised_encoder_keeps_the_ranking_close(tiny, engine):
-    quantised = Engine.load(tiny["bundle"], ServeParams(quantize_int8=True))
+    quantised = Engine.load(tiny["bundle"], RAW.model_copy(update={"quantize_int8": True}))
     overlaps = []
     for user_id in list(engine.bundle.users)[:30]:
         exact = set(ids(engine.recommend(user_id=user_id, k=10)))

@@ -199,9 +199,10 @@ def test_valid_recommend_requests_keep_the_api_promises(http, bundles):
             assert not set(got) & seen
         if body.get("explain"):
             assert all(item["reason"] for item in result["items"])
-        if not body.get("diversity"):
+        if not body.get("diversity"):  # best first, but for the exposure policy's last slot
             scores = [item["score"] for item in result["items"]]
-            assert scores == sorted(scores, reverse=True)
+            head = scores[:-1] if len(scores) >= 5 else scores  # serve.exposure.min_k
+            assert head == sorted(head, reverse=True)
 
     run()
 

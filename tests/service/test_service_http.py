@@ -1,10 +1,12 @@
 """The HTTP service end to end: a real ``bentoml serve`` process per configuration, no mocks.
 
 Covers the DESIGN.md serving API: recommend by user id (pseudonymised or raw), by a posted
-session history and cold start; explanations; MMR diversity; similar items; the feedback
-round trip into the store; bearer-token auth; readiness while the model loads; the A/B
-split (stable per user, versions and metrics per variant); bad input answered 4xx with a
-JSON message, never 5xx; no acknowledged feedback lost when the server is SIGKILLed.
+session history (unknown items ignored and listed) and cold start; the exposure policy's
+reserved slot (the tiny catalog has items without training interactions); explanations;
+MMR diversity; similar items; the feedback round trip into the store; bearer-token auth;
+readiness while the model loads; the A/B split (stable per user, versions and metrics per
+variant); bad input answered 4xx with a JSON message, never 5xx; no acknowledged feedback
+lost when the server is SIGKILLed. ``POST /items`` is in test_service_items.py.
 """
 
 from __future__ import annotations
@@ -71,7 +73,9 @@ def test_recommend_by_user_id(client, bundles, user):
         assert item["title"] == bundles.titles[item["item_id"]] and item["title"]
         assert "reason" not in item
     scores = [item["score"] for item in result["items"]]
-    assert scores == sorted(scores, reverse=True)
+    assert scores[:-1] == sorted(scores[:-1], reverse=True)  # the last slot: exposure policy
+    assert set(ids(result)) & set(bundles.fresh)
+    assert result["ignored_items"] == []
     assert result["model_version"] == "7"
     assert result["variant"] == "champion"
     assert result["path"] == "model"
@@ -109,6 +113,17 @@ def test_recommend_by_posted_history(client, bundles):
     assert result["variant"] == "champion" and result["model_version"] == "7"
 
 
+def test_unknown_history_items_are_ignored_and_listed(client, bundles, user):
+    session = [bundles.item_ids[10], "nope", bundles.item_ids[11], "nada", "nope"]
+    result = client.recommend(history=session, k=5)
+    assert result["ignored_items"] == ["nope", "nada"]
+    assert result["path"] == "model" and len(result["items"]) == 5
+    known_only = client.recommend(history=[bundles.item_ids[10], bundles.item_ids[11]], k=5)
+    assert result["items"] == known_only["items"]
+    known = client.recommend(user_id=user[0], history=["nope"], k=5)  # a known user: kept
+    assert known["ignored_items"] == ["nope"] and known["path"] == "model"
+
+
 def test_user_id_and_posted_history_are_combined(client, bundles, user):
     user_id, history = user
     session = [i for i in bundles.item_ids if i not in history][:2]
@@ -120,7 +135,7 @@ def test_user_id_and_posted_history_are_combined(client, bundles, user):
 def test_unknown_user_gets_the_cold_start_popular_items(client, bundles):
     result = client.recommend(user_id="nobody-has-this-id", k=6)
     assert result["path"] == "cold_start"
-    assert ids(result) == bundles.popular[:6]
+    assert ids(result) == bundles.popular[:5] + bundles.fresh[:1]  # + the exposure slot
     scores = [item["score"] for item in result["items"]]
     assert scores == sorted(scores, reverse=True)
     assert client.recommend(k=6)["items"] == result["items"]  # no user, no history: same
@@ -135,7 +150,8 @@ def test_explain_gives_every_item_a_reason(client, user):
         assert len(result["items"]) == 8
         for item in result["items"]:
             assert isinstance(item["reason"], str) and item["reason"].strip(), item
-    assert all(i["reason"].startswith("popular") for i in result["items"])  # cold start
+    reasons = [i["reason"] for i in result["items"]]  # cold start: popular, then a new item
+    assert all(r.startswith("popular") for r in reasons[:-1]) and reasons[-1].startswith("new")
 
 
 def test_diversity_reranks_with_mmr(client, user):
@@ -190,9 +206,11 @@ def test_feedback_round_trip_reaches_the_store(client, server, bundles):
     [None, "Bearer wrong", "Bearer {token}x", "Basic {token}", "{token}"],
     ids=["none", "wrong-token", "token-prefix", "wrong-scheme", "no-scheme"],
 )
-@pytest.mark.parametrize("path", ["/recommend", "/similar_items", "/feedback", "/admin/reload"])
+@pytest.mark.parametrize(
+    "path", ["/recommend", "/similar_items", "/feedback", "/items", "/admin/reload"]
+)
 def test_auth_refuses_missing_or_wrong_tokens(auth_server, launcher, path, authorization):
-    body = {"user_id": "u", "item_id": "i", "event": "click"}
+    body = {"user_id": "u", "item_id": "i", "event": "click", "title": "T"}
     headers = (
         {}
         if authorization is None
@@ -315,7 +333,7 @@ BAD_REQUESTS = [
     ("k-null", "/recommend", {"k": None}, (400,)),
     ("k-negative", "/recommend", {"k": -3}, (400,)),
     ("k-huge", "/recommend", {"k": 10**30}, (400,)),
-    ("unknown-history-items", "/recommend", {"history": [ITEM, "nope", "nada"]}, (422,)),
+    ("no-known-history-item", "/recommend", {"history": ["nope", "nada"]}, (422,)),
     ("history-10000-items", "/recommend", {"history": [ITEM] * 10_000}, (413,)),
     ("history-string", "/recommend", {"history": ITEM}, (400,)),
     ("history-of-ints", "/recommend", {"history": [1, 2]}, (400,)),

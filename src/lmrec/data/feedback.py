@@ -6,6 +6,11 @@ previous snapshot's ``items.parquet``), so retraining learns from what users did
 the served recommendations. The schema lives here, in the lower layer, so the writer
 (serving) and the reader (this source) share one definition.
 
+The same database holds the items added through ``POST /items``
+(``lmrec.serving.catalog_store.ItemStore``, table ``catalog_items``): the source adds them
+to the catalog it returns (an id already in the catalog takes the posted title, text and
+categories), so events on them are kept and the next retraining knows them.
+
 Unlike the other sources this one drops rows, and counts what it drops: events for items
 missing from the catalog (validation would refuse the whole snapshot for them), events
 not in ``events`` when that filter is set, and repeats of the same (user, item, event)
@@ -47,6 +52,28 @@ CREATE TRIGGER IF NOT EXISTS {TABLE}_no_update BEFORE UPDATE ON {TABLE}
 BEGIN SELECT RAISE(ABORT, '{TABLE} is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS {TABLE}_no_delete BEFORE DELETE ON {TABLE}
 BEGIN SELECT RAISE(ABORT, '{TABLE} is append-only'); END;
+"""
+
+ITEMS_TABLE = "catalog_items"
+#: One row per POST /items (an addition or an update): an append-only log whose latest row
+#: per item_id is the item; ``added_at`` is when that row was posted (unix seconds),
+#: ``encoder`` and ``embedding`` the text encoder's fingerprint and output (float32 bytes).
+ITEM_FIELDS = ("item_id", "title", "text", "categories", "added_at", "encoder", "embedding")
+ITEMS_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {ITEMS_TABLE} (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    item_id TEXT NOT NULL,
+    title TEXT NOT NULL,
+    text TEXT NOT NULL,
+    categories TEXT NOT NULL,
+    added_at REAL NOT NULL,
+    encoder TEXT,
+    embedding BLOB
+);
+CREATE TRIGGER IF NOT EXISTS {ITEMS_TABLE}_no_update BEFORE UPDATE ON {ITEMS_TABLE}
+BEGIN SELECT RAISE(ABORT, '{ITEMS_TABLE} is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS {ITEMS_TABLE}_no_delete BEFORE DELETE ON {ITEMS_TABLE}
+BEGIN SELECT RAISE(ABORT, '{ITEMS_TABLE} is append-only'); END;
 """
 
 
@@ -99,6 +126,58 @@ def read_events(db: Path) -> pd.DataFrame:
     return rows_frame(rows)
 
 
+def items_query(since_seq: int = 0) -> tuple[str, tuple]:
+    """The SELECT (and its parameters) of item rows after ``since_seq``, oldest first."""
+    columns = ", ".join(ITEM_FIELDS)
+    return f"SELECT seq, {columns} FROM {ITEMS_TABLE} WHERE seq > ? ORDER BY seq", (since_seq,)
+
+
+def latest_items(rows: list[tuple]) -> pd.DataFrame:
+    """Rows of :func:`items_query` → one row per item: the latest row's fields, the first
+    row's ``added_at`` (an update does not make an item new again), in first-seen order."""
+    frame = pd.DataFrame.from_records(rows, columns=["seq", *ITEM_FIELDS])
+    if frame.empty:
+        return frame
+    first = frame.groupby("item_id", sort=False)["added_at"].first()
+    latest = frame.groupby("item_id", sort=False).tail(1).set_index("item_id")
+    latest["added_at"] = first
+    return latest.loc[first.index].reset_index()[["seq", *ITEM_FIELDS]]
+
+
+def read_added_items(db: Path) -> pd.DataFrame:
+    """The items added through ``POST /items`` (:func:`latest_items`), read-only; an empty
+    frame when the database has no such table (no item was ever added).
+
+    Raises:
+        DataError: the file cannot be read as an SQLite database.
+    """
+    try:
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            found = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (ITEMS_TABLE,)
+            ).fetchone()
+            rows = conn.execute(*items_query()).fetchall() if found else []
+        finally:
+            conn.close()
+    except sqlite3.Error as err:
+        raise DataError(f"{db}: cannot read the added items ({ITEMS_TABLE}): {err}") from err
+    return latest_items(rows)
+
+
+def with_added_items(items: pd.DataFrame, added: pd.DataFrame) -> pd.DataFrame:
+    """The contract catalog ``items`` with ``added`` applied: an existing id takes the
+    added title, text and categories, a new id is appended (catalog order, then added)."""
+    if added.empty:
+        return items
+    posted = added.set_index("item_id")[["title", "text", "categories"]]
+    table = items.set_index("item_id")
+    known = posted.index.isin(table.index)
+    table.loc[posted.index[known], posted.columns] = posted[known]
+    table = pd.concat([table, posted[~known]]).reset_index()
+    return items_frame(table["item_id"], table["title"], table["text"], table["categories"])
+
+
 def read_catalog(path: Path) -> pd.DataFrame:
     """The contract items table the feedback refers to."""
     raw = read_table(path)
@@ -144,14 +223,21 @@ def to_contract(
 
 
 def load(cfg: FeedbackSourceParams) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The feedback log at ``cfg.db`` on the catalog ``cfg.items``, as contract tables.
+    """The feedback log at ``cfg.db`` on the catalog ``cfg.items`` plus the items added
+    through the service (:func:`with_added_items`), as contract tables.
 
     Raises:
         DataError: a file is missing, empty or unreadable, or no event is left to ingest.
     """
     db, catalog = Path(cfg.db), Path(cfg.items)
     items = read_catalog(catalog)
-    interactions, stats = to_contract(read_events(db), items, cfg.events)
+    events = read_events(db)
+    added = read_added_items(db)
+    if len(added):
+        new = int((~added["item_id"].isin(set(items["item_id"]))).sum())
+        log.info("%s: %d item(s) added, %d updated by POST /items", db, new, len(added) - new)
+        items = with_added_items(items, added)
+    interactions, stats = to_contract(events, items, cfg.events)
     if stats.dropped_unknown_item:
         log.warning(
             "%s: dropped %d feedback event(s) for items not in %s",

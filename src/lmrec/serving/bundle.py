@@ -6,9 +6,12 @@ versioned model. Layout (no pickle anywhere):
 
     model/                    the lmrec model (weights.safetensors, config.json, item_ids.json...)
     catalog.parquet           item_idx (the model's index), item_id, title, categories, popularity
+                              (training interactions), text (what the text encoder read)
     users.parquet             user_id (pseudonymised), history (item_idx list, oldest first)
     item_vectors.safetensors  "text": L2-normalised text embeddings [n_items, dim]
                               (similar items, explanations, diversity)
+    encoder.json              the embed stage's record: text encoder, its weights' digest and
+                              settings (``POST /items`` encodes new items the same way)
     bundle.json               format_version, model version/alias/digest, sizes
 
 The catalog is the model's own item list (``item_ids.json``): a champion trained on an older
@@ -28,7 +31,7 @@ from safetensors.numpy import load_file, save_file
 
 from lmrec.features.dataset import load_split
 from lmrec.io import DataError, atomic_dir, write_json
-from lmrec.stages.embed import load_embeddings
+from lmrec.stages.embed import META_FILE, load_embeddings
 
 FORMAT_VERSION = 1
 BUNDLE_FILE = "bundle.json"
@@ -43,7 +46,7 @@ def build_bundle(
     model_ids = [str(i) for i in json.loads((model_dir / "item_ids.json").read_text())]
     index = {item: i for i, item in enumerate(model_ids)}
     split = load_split(split_dir)
-    embeddings, _ = load_embeddings(embed_dir)
+    embeddings, encoder = load_embeddings(embed_dir)
     items = split.items.sort_values("item_idx")
     if len(embeddings) != len(items):
         raise DataError(f"{embed_dir}: {len(embeddings)} embeddings for {len(items)} items")
@@ -54,6 +57,8 @@ def build_bundle(
     categories = by_id["categories"] if "categories" in by_id else pd.Series(dtype=str)
     catalog["categories"] = catalog["item_id"].map(categories).fillna("").astype(str)
     catalog["popularity"] = catalog["item_id"].map(by_id["n_train"]).fillna(0).astype(np.int64)
+    texts = by_id["text"] if "text" in by_id else pd.Series(dtype=str)
+    catalog["text"] = catalog["item_id"].map(texts).fillna("").astype(str)
     vectors = np.zeros((len(model_ids), embeddings.shape[1]), dtype=np.float32)
     split_idx = catalog.loc[known, "item_id"].map(by_id["item_idx"]).to_numpy(dtype=np.int64)
     vectors[known.to_numpy()] = embeddings[split_idx]
@@ -80,6 +85,7 @@ def build_bundle(
         catalog.to_parquet(tmp / "catalog.parquet", index=False)
         users.to_parquet(tmp / "users.parquet", index=False)
         save_file({"text": vectors}, str(tmp / "item_vectors.safetensors"))
+        write_json(tmp / META_FILE, encoder)
         write_json(tmp / BUNDLE_FILE, info)
     return info
 
@@ -93,6 +99,8 @@ class Bundle:
     catalog: pd.DataFrame
     users: dict[str, np.ndarray]
     text_vectors: np.ndarray
+    #: the text encoder record (``encoder.json``); None in bundles built before it was kept
+    encoder: dict[str, Any] | None = None
 
     @classmethod
     def read(cls, root: str | Path) -> Bundle:
@@ -110,4 +118,9 @@ class Bundle:
             for u, h in zip(users_df["user_id"], users_df["history"], strict=True)
         }
         vectors = load_file(str(root / "item_vectors.safetensors"))["text"]
-        return cls(root=root, info=info, catalog=catalog, users=users, text_vectors=vectors)
+        encoder = None
+        for record in (root / META_FILE, root / "model" / META_FILE):  # older: the model's copy
+            if record.is_file():
+                encoder = json.loads(record.read_text())
+                break
+        return cls(root, info, catalog, users, vectors, encoder)

@@ -7,7 +7,16 @@
   Unknown users with no history get the cold-start path (most popular items). Options:
   ``exclude_seen``, ``explain`` (per item: the history item it is closest to in text space
   and the shared categories), ``diversity`` (MMR re-ranking over a candidate pool).
+  Posted history items the engine does not know are left out and listed in
+  ``ignored_items``; only a request with nothing known left is refused (422).
 - ``similar_items``: nearest items by text embedding.
+
+New-item exposure (``serve.exposure``): on every path, once the list is chosen, its last
+``policy.reserved(k)`` slots go to the best fresh items (``lmrec.serving.exposure``,
+``lmrec.serving.fresh``) unless it already holds that many: the model's best for the user,
+or on the cold-start path (no user to score for) the most recently added first.
+Items join at serving time through ``lmrec.serving.new_items`` (``POST /items``);
+``model_items`` is the size of the catalog the model was trained on.
 
 Scoring is exact for small catalogs; at ``serve.faiss_min_items`` items and above, models
 with a two-tower form (``user_vectors`` + ``item_matrix``: the LM-powered model) search a
@@ -18,6 +27,7 @@ quantisation to the user encoder. Bad requests raise ``RequestError`` (-> HTTP 4
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -29,7 +39,11 @@ from lmrec.data.contract import pseudonymise_id, user_id_salt
 from lmrec.models.registry import load_model
 from lmrec.serving import known_users
 from lmrec.serving.bundle import Bundle
+from lmrec.serving.exposure import ExposurePolicy
+from lmrec.serving.faiss_index import FaissIndex
+from lmrec.serving.fresh import FreshItems
 from lmrec.serving.known_users import KnownUser
+from lmrec.serving.rerank import mmr
 
 log = logging.getLogger(__name__)
 
@@ -67,18 +81,29 @@ class Engine:
         self.popularity = catalog["popularity"].to_numpy(dtype=np.float64)
         self.popular_order = np.lexsort((np.arange(len(self.popularity)), -self.popularity))
         self.text = bundle.text_vectors
-        self.n_items = len(self.item_ids)
+        self.n_items = self.model_items = len(self.item_ids)
+        self.added_at = np.full(self.n_items, np.nan)  # catalog items: addition time unknown
+        self.applied_seq = 0  # the last stored added item applied (lmrec.serving.new_items)
+        self.encoder = bundle.encoder  # the text encoder record new items are encoded with
+        texts = catalog["text"] if "text" in catalog.columns else None  # what it was trained on
+        self.trained_text = None if texts is None else texts.astype(str).tolist()
         self.version = str(bundle.info.get("version", "unversioned"))
         self.two_tower = hasattr(self.model, "user_vectors") and hasattr(self.model, "item_matrix")
         self.item_matrix = self.model.item_matrix() if self.two_tower else None
+        # The float network, kept for new items' vectors even when int8 replaces model.net.
+        self.item_net = getattr(self.model, "net", None) if self.two_tower else None
+        self.vectorized = getattr(self.item_net, "text_proj", None) is not None
         if params.quantize_int8 and self.two_tower:
             self._quantize()
         self.faiss_index = None
         if self.two_tower and self.n_items >= params.faiss_min_items:
-            self.faiss_index = self._build_faiss()
+            matrix = self.item_matrix
+            self.faiss_index = FaissIndex(matrix, params.faiss_hnsw_m, params.faiss_ef_search)
         self.user_encoder = self._numpy_user_encoder() if self.two_tower else None
         self.user_cache = self._cache_users() if self.two_tower else {}
         self.salt = user_id_salt()  # read once: it is per deployment
+        self.fresh = FreshItems(ExposurePolicy(**params.exposure.model_dump()))
+        self.set_fresh()
 
     @classmethod
     def load(cls, root: str | Path, params: ServeParams) -> Engine:
@@ -120,12 +145,8 @@ class Engine:
         users = self.bundle.users
         if not 0 < len(users) <= self.params.user_vector_cache_max:
             return {}
-        if self.faiss_index is not None:
-            top_unseen = self._top_unseen_faiss
-        else:
-            top_unseen = known_users.top_unseen_exact(self.item_matrix)
         cache = known_users.prepare(
-            users, self.model.user_vectors, top_unseen, self.params.precompute_top_k
+            users, self.model.user_vectors, self.top_unseen(), self.params.precompute_top_k
         )
         log.info(
             "known users: %d vectors, top %d unseen items each",
@@ -134,32 +155,16 @@ class Engine:
         )
         return cache
 
-    def _top_unseen_faiss(
-        self, vectors: np.ndarray, seen: list[np.ndarray], k: int
-    ) -> list[tuple[np.ndarray, np.ndarray]]:
-        out = []
-        for vector, items in zip(vectors, seen, strict=True):
-            picked = self._top_faiss(vector, min(k, self.n_items - len(items)), items)
-            out.append(
-                (
-                    np.array([p.item for p in picked], dtype=np.int64),
-                    np.array([p.score for p in picked], dtype=np.float32),
-                )
-            )
-        return out
+    def top_unseen(self) -> known_users.TopUnseen:
+        """How known users' lists are prepared: faiss search or exact scoring."""
+        if self.faiss_index is not None:
+            return self.faiss_index.top_unseen
+        return known_users.top_unseen_exact(self.item_matrix)
 
-    def _build_faiss(self) -> Any:
-        import faiss
-
-        matrix = np.ascontiguousarray(self.item_matrix, dtype=np.float32)
-        index = faiss.IndexHNSWFlat(
-            matrix.shape[1], self.params.faiss_hnsw_m, faiss.METRIC_INNER_PRODUCT
-        )
-        index.hnsw.efConstruction = max(40, self.params.faiss_ef_search)
-        index.add(matrix)
-        index.hnsw.efSearch = self.params.faiss_ef_search
-        log.info("faiss HNSW inner-product index over %d items", self.n_items)
-        return index
+    def set_fresh(self) -> None:
+        """Recompute the fresh items (at load and whenever the catalog changes)."""
+        scorable = self.n_items if self.vectorized else self.model_items
+        self.fresh.update(self.popularity, self.added_at, scorable)
 
     # ---------------------------------------------------------- requests
     def check_k(self, k: Any) -> int:
@@ -169,10 +174,11 @@ class Engine:
 
     def resolve_history(
         self, user_id: str | None, history: list[str] | None
-    ) -> tuple[np.ndarray, str | None]:
-        """(item indices, oldest first; the known user's bundle key, or None)."""
+    ) -> tuple[np.ndarray, str | None, list[str]]:
+        """(item indices, oldest first; the known user's bundle key, or None; the posted
+        item ids left out: unknown, or added items the model cannot read in a history)."""
         stored = np.zeros(0, dtype=np.int64)
-        known = None
+        known, ignored = None, []
         if user_id is not None:
             if not user_id or len(user_id) > 256:
                 raise RequestError("user_id must be a non-empty string of at most 256 characters")
@@ -188,13 +194,16 @@ class Engine:
                     "are accepted (send the most recent ones)",
                     status=413,
                 )
-            unknown = [i for i in history if i not in self.index]
-            if unknown:
+            readable = self.n_items if self.user_encoder is not None else self.model_items
+            found = [self.index.get(i, readable) for i in history]
+            unknown = [i for i, j in zip(history, found, strict=True) if j >= readable]
+            if unknown and len(unknown) == len(history) and known is None:
                 shown = ", ".join(repr(i) for i in unknown[:5])
                 more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-                raise RequestError(f"unknown item ids in history: {shown}{more}", status=422)
-            posted = np.array([self.index[i] for i in history], dtype=np.int64)
-        return np.concatenate([stored, posted]), known
+                raise RequestError(f"no item of the history is known: {shown}{more}", status=422)
+            posted = np.array([j for j in found if j < readable], dtype=np.int64)
+            ignored = list(dict.fromkeys(unknown))
+        return np.concatenate([stored, posted]), known, ignored
 
     def recommend(
         self,
@@ -208,9 +217,10 @@ class Engine:
         k = self.check_k(k)
         if not 0.0 <= float(diversity) <= 1.0:
             raise RequestError(f"diversity must be between 0 and 1, got {diversity!r}")
-        items, known = self.resolve_history(user_id, history)
+        items, known, ignored = self.resolve_history(user_id, history)
         cached = self.user_cache.get(known) if known is not None and not history else None
         user = cached.vector if cached is not None else None
+        scores = None
         if not exclude_seen:
             excluded = np.zeros(0, dtype=np.int64)
         else:
@@ -228,9 +238,12 @@ class Engine:
             top = zip(cached.top[:k].tolist(), cached.top_scores[:k].tolist(), strict=True)
             picked = [Scored(i, s) for i, s in top]
         else:
+            if self.two_tower and user is None:
+                user = self._user_vector(items)
             pool = max(k, self.params.candidate_pool) if diversity > 0 else k
-            candidates = self._top(items, min(pool, available), excluded, user)
+            candidates, scores = self._top(items, min(pool, available), excluded, user)
             picked = self._mmr(candidates, k, float(diversity)) if diversity > 0 else candidates[:k]
+        picked = self._expose(picked, k, excluded, user, scores, cold=len(items) == 0)
         if explain:
             picked = [Scored(s.item, s.score, self._reason(s.item, items)) for s in picked]
         return {
@@ -238,6 +251,7 @@ class Engine:
             "path": path,
             "known_user": known is not None,
             "history_length": len(items),
+            "ignored_items": ignored,
         }
 
     def similar_items(self, item_id: str, k: int = 10) -> dict[str, Any]:
@@ -256,80 +270,108 @@ class Engine:
         mask = np.ones(self.n_items, dtype=bool)
         mask[excluded] = False
         order = self.popular_order[mask[self.popular_order]][:k]
-        return [
-            Scored(
-                int(i),
-                float(self.popularity[i]),
-                f"popular: {int(self.popularity[i])} interactions",
-            )
-            for i in order
-        ]
+        return [Scored(int(i), float(self.popularity[i]), self._cold_reason(i)) for i in order]
 
-    def _top(
-        self, items: np.ndarray, n: int, excluded: np.ndarray, user: np.ndarray | None = None
-    ) -> list[Scored]:
-        if n <= 0:
-            return []
-        if self.two_tower and user is None:
-            if self.user_encoder is not None:
-                user = self.user_encoder.user_vector(items)
-            else:
-                user = self.model.user_vectors([items])[0]
-        if self.faiss_index is not None:
-            return self._top_faiss(user, n, excluded)
+    def _user_vector(self, items: np.ndarray) -> np.ndarray:
+        if self.user_encoder is not None:
+            return self.user_encoder.user_vector(items)
+        return self.model.user_vectors([items])[0]
+
+    def _scores(self, items: np.ndarray, user: np.ndarray | None) -> np.ndarray:
+        """Every item's score (a new array); items the model cannot score get -inf."""
         if self.two_tower:
-            scores = self.item_matrix @ user  # float32, a new array
+            scores = self.item_matrix @ user  # float32
         else:
             scores = self.model.score([items])[0].astype(np.float64)
+        if len(scores) < self.n_items:  # added items the model has no vector for
+            scores = np.concatenate([scores, np.full(self.n_items - len(scores), -np.inf)])
+        return scores
+
+    def _top(
+        self, items: np.ndarray, n: int, excluded: np.ndarray, user: np.ndarray | None
+    ) -> tuple[list[Scored], np.ndarray | None]:
+        """The ``n`` best items outside ``excluded``, and every item's score when they were
+        all computed (exact scoring; None from faiss)."""
+        if n <= 0:
+            return [], None
+        if self.faiss_index is not None:
+            top, top_scores = self.faiss_index.search(user, n, excluded)
+            return [Scored(int(i), float(s)) for i, s in zip(top, top_scores, strict=True)], None
+        scores = self._scores(items, user)
         scores[excluded] = -np.inf
-        top = (-scores).argpartition(n - 1)[:n] if n < self.n_items else np.arange(self.n_items)
-        top = top[np.isfinite(scores[top])]
+        candidates = np.arange(len(scores))
+        return self._ranked(candidates, scores[candidates], n, user), scores
+
+    def _ranked(
+        self, candidates: np.ndarray, scores: np.ndarray, n: int, user: np.ndarray | None
+    ) -> list[Scored]:
+        """The ``n`` best finite-scored ``candidates``, best first (ties by index)."""
+        if n < len(candidates):
+            part = (-scores).argpartition(n - 1)[:n]
+            candidates, scores = candidates[part], scores[part]
+        candidates = candidates[np.isfinite(scores)]
         if self.two_tower:  # as the lists prepared for known users are ranked
-            top, top_scores = known_users.ranked(self.item_matrix, top, user)
+            top, top_scores = known_users.ranked(self.item_matrix, candidates, user)
         else:
-            top = top[np.lexsort((top, -scores[top]))]
-            top_scores = scores[top]
+            scores = scores[np.isfinite(scores)]
+            order = np.lexsort((candidates, -scores))
+            top, top_scores = candidates[order], scores[order]
         return [Scored(i, s) for i, s in zip(top.tolist(), top_scores.tolist(), strict=True)]
 
-    def _top_faiss(self, user: np.ndarray, n: int, excluded: np.ndarray) -> list[Scored]:
-        user = np.ascontiguousarray(user[None, :], dtype=np.float32)
-        drop = set(excluded.tolist())
-        want = n + len(drop)
-        while True:
-            scores, ids = self.faiss_index.search(user, min(want, self.n_items))
-            picked = [
-                Scored(int(i), float(s))
-                for i, s in zip(ids[0], scores[0], strict=True)
-                if i >= 0 and int(i) not in drop
-            ]
-            if len(picked) >= n or want >= self.n_items:
-                return picked[:n]
-            want *= 2
+    # ----------------------------------------------------------- exposure
+    def _expose(
+        self,
+        picked: list[Scored],
+        k: int,
+        excluded: np.ndarray,
+        user: np.ndarray | None,
+        scores: np.ndarray | None,
+        cold: bool,
+    ) -> list[Scored]:
+        """``picked`` with the exposure policy's reserved slots (module docstring)."""
+        head = [s.item for s in picked]
+        if not self.fresh.wanted(head, k):
+            return picked
+        n = self.fresh.pool(k)
+        if cold:
+            items = self.fresh.recent_outside(excluded, n).tolist()
+            extra = [Scored(i, float(self.popularity[i]), self._cold_reason(i)) for i in items]
+        else:
+            extra = self._fresh_top(n, excluded, user, scores)
+        order = self.fresh.merge(head, [s.item for s in extra], k)
+        chosen = {s.item: s for s in extra} | {s.item: s for s in picked}
+        return [chosen[i] for i in order]
+
+    def _fresh_top(
+        self, n: int, excluded: np.ndarray, user: np.ndarray | None, scores: np.ndarray | None
+    ) -> list[Scored]:
+        """The model's ``n`` best fresh items outside ``excluded``: from the list's scores
+        when every item was scored, else from the fresh items' vectors alone."""
+        candidates = self.fresh.scored
+        if scores is not None:
+            return self._ranked(candidates, scores[candidates], n, user)  # excluded: -inf
+        if user is None:
+            return []
+        candidates = candidates[~np.isin(candidates, excluded)]
+        return self._ranked(candidates, self.item_matrix[candidates] @ user, n, user)
 
     def _mmr(self, candidates: list[Scored], k: int, diversity: float) -> list[Scored]:
-        """Maximal marginal relevance: trade relevance for text dissimilarity to the picks."""
-        if len(candidates) <= 1:
-            return candidates[:k]
-        scores = np.array([c.score for c in candidates])
-        span = scores.max() - scores.min()
-        relevance = (scores - scores.min()) / span if span > 0 else np.ones_like(scores)
         vectors = self.text[[c.item for c in candidates]]
-        lam = 1.0 - diversity
-        chosen: list[int] = []
-        max_sim = np.full(len(candidates), -np.inf)
-        for _ in range(min(k, len(candidates))):
-            penalty = np.where(np.isfinite(max_sim), max_sim, 0.0)
-            gain = lam * relevance - (1 - lam) * penalty
-            gain[chosen] = -np.inf
-            best = int(np.argmax(gain))
-            chosen.append(best)
-            max_sim = np.maximum(max_sim, vectors @ vectors[best])
+        chosen = mmr(np.array([c.score for c in candidates]), vectors, k, diversity)
         return [candidates[i] for i in chosen]
 
     # ------------------------------------------------------- explanation
+    def _cold_reason(self, item: int) -> str:
+        if not self.fresh.mask[item]:
+            return f"popular: {int(self.popularity[item])} interactions"
+        added = self.added_at[item]
+        if np.isnan(added):
+            return f"new: {int(self.popularity[item])} interactions"
+        return "new: added " + time.strftime("%Y-%m-%d", time.gmtime(added))
+
     def _reason(self, item: int, history: np.ndarray) -> str:
         if len(history) == 0:
-            return f"popular: {int(self.popularity[item])} interactions"
+            return self._cold_reason(item)
         recent = np.unique(history[-EXPLAIN_WINDOW:])
         sims = self.text[recent] @ self.text[item]
         best = int(recent[int(np.argmax(sims))])

@@ -96,3 +96,59 @@ def prepare(
         for name, vector, items, (top, scores) in zip(block, vectors, seen, tops, strict=True):
             out[name] = KnownUser(vector, items, top, scores)
     return out
+
+
+def refresh(
+    cache: dict[str, KnownUser], names: Sequence[str], top_unseen: TopUnseen, top_k: int
+) -> None:
+    """Prepare the lists of the users ``names`` again (their vectors and seen items kept)."""
+    for start in range(0, len(names), CHUNK):
+        block = names[start : start + CHUNK]
+        entries = [cache[name] for name in block]
+        vectors = np.stack([entry.vector for entry in entries])
+        tops = top_unseen(vectors, [entry.seen for entry in entries], top_k)
+        for name, entry, (top, scores) in zip(block, entries, tops, strict=True):
+            cache[name] = entry._replace(top=top, top_scores=scores)
+
+
+def put_item(
+    cache: dict[str, KnownUser],
+    item: int,
+    vector: np.ndarray,
+    top_k: int,
+    top_unseen: TopUnseen,
+    new: bool,
+) -> None:
+    """Keep the prepared lists exact once ``item`` has ``vector`` (an item added to the
+    catalog when ``new``, else a new vector for an existing one).
+
+    The item goes into every list it now belongs in: its score beats the list's last item
+    (as ``ranked`` orders them: score, then index), or the list is short because it already
+    holds every unseen item. A list that held the item before is prepared again, since its
+    next-best item is unknown here. Scores are computed as ``ranked`` computes them (one
+    row's sum each), so spliced lists still equal live scoring.
+    """
+    if top_k <= 0 or not cache:
+        return
+    stale = set() if new else {name for name, entry in cache.items() if item in entry.top}
+    refresh(cache, sorted(stale), top_unseen, top_k)
+    names = [name for name in cache if name not in stale]
+    for start in range(0, len(names), CHUNK):
+        block = names[start : start + CHUNK]
+        entries = [cache[name] for name in block]
+        users = np.stack([entry.vector for entry in entries])
+        scores = np.multiply(users, vector).sum(axis=1, dtype=np.float32)
+        full = [len(entry.top) >= top_k for entry in entries]
+        last = np.array(
+            [e.top_scores[-1] if f else -np.inf for e, f in zip(entries, full, strict=True)]
+        )
+        for row in np.flatnonzero(scores >= last).tolist():
+            entry, score = entries[row], scores[row]
+            if full[row] and score == last[row] and item > entry.top[-1]:
+                continue  # a tie goes to the lower index, as in ranked
+            if not new and item in entry.seen:
+                continue
+            top = np.append(entry.top, item)
+            top_scores = np.append(entry.top_scores, score).astype(np.float32)
+            order = np.lexsort((top, -top_scores))[:top_k]
+            cache[block[row]] = entry._replace(top=top[order], top_scores=top_scores[order])

@@ -3,9 +3,15 @@
     bentoml serve lmrec.serving.service:LmrecService       # or: lmrec serve
 
 Endpoints: ``POST /recommend``, ``POST /similar_items``, ``POST /feedback``,
-``POST /admin/reload``; BentoML's ``/livez``, ``/readyz`` (503 until the model is loaded)
-and ``/metrics`` (Prometheus, with ``lmrec_requests_total{variant,endpoint,path}`` and
-``lmrec_model_reloads_total{result}``).
+``POST /items``, ``POST /admin/reload``; BentoML's ``/livez``, ``/readyz`` (503 until the
+model is loaded) and ``/metrics`` (Prometheus, with ``lmrec_requests_total{variant,endpoint,
+path}``, ``lmrec_model_reloads_total{result}``, ``lmrec_items_added_total{status}`` and the
+``lmrec_added_items`` gauge).
+
+``POST /items`` adds an item to the served catalog (or replaces an item's text) and keeps
+it durably (``lmrec.serving.new_items``): it is in ``/recommend`` and ``/similar_items``
+from the answer on, since the one worker process (``workers=1``) applies it in-process
+before answering; every later load or reload re-applies the stored items.
 
 Deployment without dropped requests: every worker checks every ``serve.reload_poll_s``
 seconds whether a newer champion/challenger was packaged (``lmrec package`` imports it into
@@ -21,7 +27,8 @@ Configuration (environment; the params file's ``serve`` block for everything els
 - ``LMREC_PARAMS``: params file (default ``params.yaml`` when present, else defaults).
 - ``LMREC_API_TOKEN``: when set, every API call needs ``Authorization: Bearer <token>``
   (401 otherwise); ``/livez``, ``/readyz``, ``/metrics`` and the docs stay open.
-- ``LMREC_FEEDBACK_DB``: the feedback store (default ``serve.feedback_db``).
+- ``LMREC_FEEDBACK_DB``: the feedback store (default ``serve.feedback_db``); the items
+  added through ``POST /items`` are kept in the same file.
 - ``LMREC_TORCH_THREADS``: torch threads per worker (default 1).
 
 A/B: with a challenger loaded, ``serve.challenger_share`` of the users (by a salted hash of
@@ -31,6 +38,7 @@ response names its ``variant`` and ``model_version``.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import hashlib
 import logging
@@ -38,7 +46,6 @@ import os
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -48,45 +55,26 @@ from pydantic import Field
 from starlette.responses import JSONResponse
 
 from lmrec.config import ServeParams, load_params
-from lmrec.serving.bundle import BUNDLE_FILE
+from lmrec.serving.catalog_store import NewItem
 from lmrec.serving.engine import Engine, RequestError
 from lmrec.serving.feedback import FeedbackEvent, FeedbackStore
 from lmrec.serving.guard import GuardMiddleware
+from lmrec.serving.metrics import ADDED_ITEMS, ITEMS_ADDED, RELOADS, count
+from lmrec.serving.new_items import NewItems
+from lmrec.serving.sources import sources
 
 log = logging.getLogger("lmrec.serving")
-
-CHAMPION_TAG = "lmrec-champion:latest"
-CHALLENGER_TAG = "lmrec-challenger:latest"
 
 # JSON types are taken as they are: `"k": true` or `"k": "5"` is a 400, not k=1 or k=5.
 StrictInt = Annotated[int, Field(strict=True)]
 StrictBool = Annotated[bool, Field(strict=True)]
 
-REQUESTS = bentoml.metrics.Counter(
-    name="lmrec_requests_total",
-    documentation="Answered API requests by variant, endpoint and scoring path",
-    labelnames=["variant", "endpoint", "path"],
-)
-RELOADS = bentoml.metrics.Counter(
-    name="lmrec_model_reloads_total",
-    documentation="Model (re)loads by result: loaded or failed (the old model stays served)",
-    labelnames=["result"],
-)
-_COUNTERS: dict[tuple[str, str, str], Any] = {}
-
-
-def count(variant: str, endpoint: str, path: str) -> None:
-    """``lmrec_requests_total{variant,endpoint,path} += 1`` (label children cached: the
-    label lookup is a lock and a dict per call otherwise)."""
-    key = (variant, endpoint, path)
-    child = _COUNTERS.get(key)
-    if child is None:
-        child = _COUNTERS[key] = REQUESTS.labels(variant=variant, endpoint=endpoint, path=path)
-    child.inc()
-
-
 #: a bundle that failed to load is retried this many times before waiting for a new one
 MAX_LOAD_ATTEMPTS = 3
+
+
+def feedback_db(params: ServeParams) -> str:
+    return os.environ.get("LMREC_FEEDBACK_DB") or params.feedback_db
 
 
 def serve_params() -> ServeParams:
@@ -97,44 +85,6 @@ def serve_params() -> ServeParams:
 
 
 SERVE_PARAMS = serve_params()  # read once per process (the middleware needs it at import)
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where a variant's bundle is and what identifies its content (a new identity is a
-    new deployment: a newer model in the store, or a rewritten bundle directory)."""
-
-    path: Path
-    identity: str
-
-
-def _source(env: str, tag: str, required: bool) -> Source | None:
-    if os.environ.get(env):
-        path = Path(os.environ[env])
-        try:
-            stamp = (path / BUNDLE_FILE).stat().st_mtime_ns
-        except OSError:
-            stamp = 0
-        return Source(path, f"{path.resolve()}@{stamp}")
-    try:
-        model = bentoml.models.get(tag)
-    except bentoml.exceptions.NotFound:
-        if required:
-            raise RuntimeError(
-                f"no model to serve: set {env} to a bundle directory or run `lmrec package` "
-                f"(BentoML model {tag} not found)"
-            ) from None
-        return None
-    return Source(Path(model.path), f"{model.tag}@{model.info.creation_time.isoformat()}")
-
-
-def _sources() -> dict[str, Source]:
-    """The bundles to serve now: the champion, and the challenger when there is one."""
-    sources = {"champion": _source("LMREC_BUNDLE", CHAMPION_TAG, required=True)}
-    challenger = _source("LMREC_CHALLENGER_BUNDLE", CHALLENGER_TAG, required=False)
-    if challenger is not None:
-        sources["challenger"] = challenger
-    return sources
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -169,6 +119,8 @@ class LmrecService:
         self._reload_lock = threading.Lock()
         self._feedback = None
         self._feedback_lock = threading.Lock()
+        self._new_items = NewItems(feedback_db(self.params))
+        self._items_lock = asyncio.Lock()  # one POST /items at a time (on the event loop)
         # Here too, not only in the loading thread: OpenMP's thread count is per thread, and
         # the async endpoints run on this (the event loop's) thread.
         torch.set_num_threads(int(os.environ.get("LMREC_TORCH_THREADS", "1")))
@@ -198,10 +150,10 @@ class LmrecService:
         with self._reload_lock:
             current = self.engines
             try:
-                sources = _sources()
+                found = sources()
             except Exception as err:  # e.g. nothing packaged yet: keep serving what we have
                 return self._failure(current, {}, err)
-            identities = {variant: source.identity for variant, source in sources.items()}
+            identities = {variant: source.identity for variant, source in found.items()}
             if identities == self._identities:
                 return self._status("unchanged", current)
             failed, attempts = self._failed
@@ -209,17 +161,19 @@ class LmrecService:
                 return self._status("failed", current)
             try:
                 engines = {}
-                for variant, source in sources.items():
+                for variant, source in found.items():
                     if self._identities.get(variant) == source.identity:
                         engines[variant] = current[variant]
                         continue
                     engine = Engine.load(source.path, self.params)
                     engine.recommend(None, [], 1, True, False, 0.0)  # it answers
+                    self._new_items.reapply(engine)
                     engines[variant] = engine
             except Exception as err:
                 return self._failure(current, identities, err)
             self.engines, self._identities = engines, identities
             self.load_error, self._failed = None, ({}, 0)
+            ADDED_ITEMS.set(self._added(engines))
             RELOADS.labels(result="loaded").inc()
             previous = self._versions(current)
             current = {}  # the replaced engines go once no request holds them any more
@@ -238,6 +192,11 @@ class LmrecService:
         self.load_error = message
         RELOADS.labels(result="failed").inc()
         return self._status("failed", current)
+
+    @staticmethod
+    def _added(engines: dict[str, Any]) -> int:
+        champion = engines["champion"]
+        return champion.n_items - champion.model_items
 
     @staticmethod
     def _versions(engines: dict[str, Any]) -> dict[str, str]:
@@ -286,6 +245,8 @@ class LmrecService:
         engines = self.engines  # one model set for the whole request, even across a reload
         variant = self._variant(engines, user_id)
         engine = engines[variant]
+        if engine.applied_seq < self._new_items.last_seq:  # an item stored during a reload
+            self._new_items.sync(engine)
         try:
             result = engine.recommend(user_id, history, k, exclude_seen, explain, diversity)
         except RequestError as err:
@@ -298,6 +259,7 @@ class LmrecService:
                 "variant": variant,
                 "request_id": uuid.uuid4().hex,
                 "path": result["path"],
+                "ignored_items": result["ignored_items"],
             }
         )
 
@@ -307,6 +269,8 @@ class LmrecService:
         if (busy := self._not_ready()) is not None:
             return busy
         engine = self.engines["champion"]  # one lookup: a reload swaps the whole dict
+        if engine.applied_seq < self._new_items.last_seq:
+            self._new_items.sync(engine)
         try:
             result = engine.similar_items(item_id, k)
         except RequestError as err:
@@ -345,14 +309,48 @@ class LmrecService:
             return error(422, str(err))
         with self._feedback_lock:
             if self._feedback is None:
-                path = os.environ.get("LMREC_FEEDBACK_DB") or self.params.feedback_db
-                self._feedback = FeedbackStore(path)
+                self._feedback = FeedbackStore(feedback_db(self.params))
             try:
                 seq = self._feedback.append(event_row)
             except ValueError as err:
                 return error(422, str(err))
         count(variant, "feedback", "store")
         return answer({"status": "recorded", "seq": seq, "variant": variant})
+
+    @bentoml.api(route="/items")
+    async def items(
+        self,
+        item_id: str,
+        title: str,
+        text: str = "",
+        categories: str | list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Add an item to the served catalog, or replace the text of one it has (``status``
+        added | updated). Stored durably before the answer and applied in this worker
+        process, so the next /recommend and /similar_items see it (one worker:
+        ``workers=1``); ``categories`` is a ``|``-separated string or a list of strings."""
+        if (busy := self._not_ready()) is not None:
+            return busy
+        try:
+            item = NewItem.parse(item_id, title, text, categories)
+        except ValueError as err:
+            return error(422, str(err))
+        async with self._items_lock:
+            engines = self.engines
+            status = "updated" if item.item_id in engines["champion"].index else "added"
+            try:  # encoding and the durable write: off the event loop
+                prepared = await asyncio.to_thread(self._new_items.prepare, item, engines)
+            except Exception as err:  # no encoder, no store: the service, not the input
+                log.error("POST /items %r failed: %s", item.item_id, err)
+                return error(503, f"cannot add items now: {type(err).__name__}: {err}")
+            engines = self.engines  # a reload may have swapped them meanwhile
+            for engine in engines.values():
+                self._new_items.sync(engine, prepared)
+        ITEMS_ADDED.labels(status=status).inc()
+        ADDED_ITEMS.set(self._added(engines))
+        count("champion", "items", status)
+        champion = engines["champion"].version
+        return answer({"status": status, "item_id": item.item_id, "model_version": champion})
 
     @bentoml.api(route="/admin/reload")
     def reload(self) -> dict[str, Any]:
