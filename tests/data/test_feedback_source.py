@@ -16,6 +16,7 @@ from lmrec.config import FeedbackSourceParams, IngestParams
 from lmrec.data import feedback
 from lmrec.data.contract import INTERACTION_COLUMNS, ITEM_COLUMNS, items_frame, pseudonymise
 from lmrec.io import DataError
+from lmrec.serving.catalog_store import ItemStore, NewItem
 from lmrec.serving.feedback import FeedbackEvent, FeedbackStore
 from lmrec.stages import ingest
 
@@ -129,6 +130,41 @@ def test_the_ingest_stage_dispatches_to_the_feedback_source(feedback_files, tmp_
     summary = ingest.run(cfg, ingest.IngestInputs(), tmp_path / "data")
     assert summary["source"] == "feedback" and summary["interactions"] == 13
     assert summary["users"] == 3 and summary["items"] == 6
+
+
+def test_items_added_through_the_service_join_the_catalog(feedback_files, tmp_path):
+    """POST /items stores items in the feedback database: ingest adds them to the catalog
+    (an id the catalog has takes the posted fields), so events on them are kept."""
+    db, catalog = feedback_files
+    with ItemStore(db) as items, FeedbackStore(db) as log:
+        items.append(NewItem("ghost1", "Ghost one", "Brand new.", "a"), T0 + 50.0, None, None)
+        items.append(NewItem("item0", "Renamed 0", "New text.", "c"), T0 + 60.0, None, None)
+        items.append(NewItem("ghost1", "Ghost one, v2", "Newer.", "a|d"), T0 + 70.0, None, None)
+        log.append(FeedbackEvent("user2", "ghost1", "click", T0 + 103.0))
+    cfg = FeedbackSourceParams(db=str(db), items=str(catalog), events=["click"])
+    interactions, table = feedback.load(cfg)
+    assert tuple(table.columns) == ITEM_COLUMNS
+    assert table["item_id"].tolist() == [f"item{i}" for i in range(6)] + ["ghost1"]
+    by_id = table.set_index("item_id")
+    assert tuple(by_id.loc["ghost1"]) == ("Ghost one, v2", "Newer.", "a|d")
+    assert tuple(by_id.loc["item0"]) == ("Renamed 0", "New text.", "c")
+    assert tuple(by_id.loc["item1"]) == ("Title 1", "About thing 1.", "a|b")
+    assert (interactions["item_id"] == "ghost1").sum() == 2  # ghost2 is still unknown
+    summary = ingest.run(
+        IngestParams(source="feedback", feedback=cfg.model_dump()),
+        ingest.IngestInputs(),
+        tmp_path / "data",
+    )
+    assert summary["items"] == 7
+    assert "ghost1" in set(pd.read_parquet(tmp_path / "data" / "items.parquet")["item_id"])
+
+
+def test_a_log_without_added_items_leaves_the_catalog_as_it_is(feedback_files):
+    db, _ = feedback_files
+    assert feedback.read_added_items(db).empty
+    with ItemStore(db):
+        pass  # the table now exists, empty
+    assert feedback.read_added_items(db).empty
 
 
 def test_empty_event_filter_is_refused():

@@ -132,16 +132,16 @@ def items_query(since_seq: int = 0) -> tuple[str, tuple]:
     return f"SELECT seq, {columns} FROM {ITEMS_TABLE} WHERE seq > ? ORDER BY seq", (since_seq,)
 
 
-def latest_items(rows: list[tuple]) -> pd.DataFrame:
-    """Rows of :func:`items_query` → one row per item: the latest row's fields, the first
-    row's ``added_at`` (an update does not make an item new again), in first-seen order."""
-    frame = pd.DataFrame.from_records(rows, columns=["seq", *ITEM_FIELDS])
-    if frame.empty:
-        return frame
-    first = frame.groupby("item_id", sort=False)["added_at"].first()
-    latest = frame.groupby("item_id", sort=False).tail(1).set_index("item_id")
-    latest["added_at"] = first
-    return latest.loc[first.index].reset_index()[["seq", *ITEM_FIELDS]]
+def latest_items(rows: list[tuple]) -> list[tuple]:
+    """Rows of :func:`items_query` → one per item, in first-seen order: the latest row's
+    fields with the first row's ``added_at`` (an update does not make an item new again)."""
+    first: dict[str, float] = {}
+    latest: dict[str, tuple] = {}
+    at = 1 + ITEM_FIELDS.index("added_at")
+    for row in rows:
+        first.setdefault(row[1], row[at])
+        latest[row[1]] = row  # a dict keeps the first insertion's place
+    return [(*row[:at], first[item], *row[at + 1 :]) for item, row in latest.items()]
 
 
 def read_added_items(db: Path) -> pd.DataFrame:
@@ -162,7 +162,7 @@ def read_added_items(db: Path) -> pd.DataFrame:
             conn.close()
     except sqlite3.Error as err:
         raise DataError(f"{db}: cannot read the added items ({ITEMS_TABLE}): {err}") from err
-    return latest_items(rows)
+    return pd.DataFrame.from_records(latest_items(rows), columns=["seq", *ITEM_FIELDS])
 
 
 def with_added_items(items: pd.DataFrame, added: pd.DataFrame) -> pd.DataFrame:

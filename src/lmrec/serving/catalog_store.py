@@ -147,14 +147,13 @@ class ItemStore:
         with self._lock:
             rows = self._conn.execute(*items_query(since_seq)).fetchall()
         out = []
-        for row in latest_items(rows).itertuples(index=False):
-            blob = row.embedding
+        for seq, item_id, title, text, categories, added_at, encoder, blob in latest_items(rows):
             out.append(
                 StoredItem(
-                    seq=int(row.seq),
-                    item=NewItem(row.item_id, row.title, row.text, row.categories),
-                    added_at=float(row.added_at),
-                    encoder=row.encoder,
+                    seq=int(seq),
+                    item=NewItem(item_id, title, text, categories),
+                    added_at=float(added_at),
+                    encoder=encoder,
                     embedding=None if blob is None else np.frombuffer(blob, np.float32).copy(),
                 )
             )

@@ -1,0 +1,128 @@
+"""The exposure policy in the engine (``serve.exposure``) and unknown posted history items.
+
+The tiny catalog holds items without training interactions (the cold holdout): they are
+fresh, so every list of ``min_k`` items or more shows one unless the model put one there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lmrec.config import ExposureParams, ServeParams
+from lmrec.serving.engine import Engine, RequestError
+
+RAW = ServeParams(exposure=ExposureParams(slots=0))
+K = 10
+
+
+def ids(result: dict) -> list[str]:
+    return [item["item_id"] for item in result["items"]]
+
+
+@pytest.fixture(scope="module")
+def engines(bundles) -> tuple[Engine, Engine]:
+    """(policy on, the defaults; policy off) on the session's champion bundle."""
+    return Engine.load(bundles.champion, ServeParams()), Engine.load(bundles.champion, RAW)
+
+
+def best_fresh(engine: Engine, vector: np.ndarray, seen: set[int]) -> int:
+    """The fresh unseen item the model scores highest (ties: lower index)."""
+    fresh = [i for i in np.flatnonzero(engine.fresh.mask) if i not in seen]
+    scores = engine.item_matrix[fresh] @ vector
+    return int(min(zip(-scores, fresh, strict=True))[1])
+
+
+def test_fresh_items_are_the_catalog_items_without_training_interactions(engines, bundles):
+    exposed, _ = engines
+    fresh = [exposed.item_ids[i] for i in np.flatnonzero(exposed.fresh.mask)]
+    assert fresh == bundles.fresh and fresh
+    assert exposed.fresh.scored.tolist() == np.flatnonzero(exposed.fresh.mask).tolist()
+
+
+def test_a_known_users_list_ends_with_the_models_best_unseen_fresh_item(engines, bundles):
+    exposed, raw = engines
+    checked = 0
+    for user_id in sorted(bundles.histories)[:30]:
+        got, plain = ids(exposed.recommend(user_id, k=K)), ids(raw.recommend(user_id, k=K))
+        if set(plain) & set(bundles.fresh):
+            assert got == plain  # the model listed a fresh item already
+            continue
+        cached = exposed.user_cache[user_id]
+        expected = exposed.item_ids[best_fresh(exposed, cached.vector, set(cached.seen))]
+        assert got == plain[: K - 1] + [expected], user_id
+        checked += 1
+    assert checked >= 10
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        {"history": ["item00010", "item00011", "item00012"]},
+        {"history": ["item00010"], "diversity": 0.7},
+        {"history": ["item00010"], "exclude_seen": False},
+        {"k": 20},
+    ],
+    ids=["posted-history", "diversity", "seen-kept", "known-user-k20"],
+)
+def test_every_model_path_reserves_a_slot(engines, bundles, request_):
+    exposed, raw = engines
+    request_ = {"user_id": sorted(bundles.histories)[0], "k": K} | request_
+    if "history" in request_:
+        request_.pop("user_id")
+    got = ids(exposed.recommend(**request_))
+    plain = ids(raw.recommend(**request_))
+    assert set(got) & set(bundles.fresh)
+    keep = len(got) - 1 if not set(plain) & set(bundles.fresh) else len(got)
+    assert got[:keep] == plain[:keep]
+
+
+@pytest.mark.parametrize(
+    "serve", [{"faiss_min_items": 1}, {"quantize_int8": True}], ids=["faiss", "int8-torch"]
+)
+def test_the_faiss_and_torch_paths_reserve_a_slot(bundles, serve):
+    engine = Engine.load(bundles.champion, ServeParams(**serve))
+    for request_ in ({"user_id": sorted(bundles.histories)[1]}, {"history": ["item00003"]}):
+        assert set(ids(engine.recommend(k=K, **request_))) & set(bundles.fresh)
+
+
+def test_short_lists_and_the_policy_off_keep_the_model_order(engines, bundles):
+    exposed, raw = engines
+    user_id = sorted(bundles.histories)[2]
+    assert exposed.recommend(user_id, k=4)["items"] == raw.recommend(user_id, k=4)["items"]
+    assert ids(raw.recommend(k=K)) == bundles.popular[:K]
+
+
+def test_cold_start_shows_fresh_items_in_recency_then_popularity_order(engines, bundles):
+    exposed, _ = engines
+    result = exposed.recommend(k=6, explain=True)
+    assert ids(result) == bundles.popular[:5] + bundles.fresh[:1]
+    assert result["items"][-1]["reason"] == "new: 0 interactions"
+    assert result["items"][0]["reason"].startswith("popular: ")
+
+
+def test_a_baseline_reserves_a_slot_from_its_own_scores(bundles):
+    engine = Engine.load(bundles.challenger, ServeParams())  # popularity: fresh items score 0
+    result = engine.recommend(history=["item00001"], k=K)
+    assert ids(result)[-1] == bundles.fresh[0]
+
+
+# ------------------------------------------------------------ unknown history items
+def test_unknown_history_items_are_left_out_and_listed(engines, bundles):
+    exposed, _ = engines
+    result = exposed.recommend(history=["item00010", "ghost", "item00011", "ghost", "x"], k=5)
+    assert result["ignored_items"] == ["ghost", "x"]
+    assert result["history_length"] == 2
+    assert result["items"] == exposed.recommend(history=["item00010", "item00011"], k=5)["items"]
+    user_id = sorted(bundles.histories)[0]
+    known = exposed.recommend(user_id, history=["ghost"], k=5)
+    assert known["ignored_items"] == ["ghost"] and known["known_user"]
+    assert known["history_length"] == len(bundles.histories[user_id])
+
+
+def test_a_history_with_nothing_known_is_refused_naming_the_ids(engines):
+    exposed, _ = engines
+    with pytest.raises(RequestError) as err:
+        exposed.recommend(user_id="nobody", history=[f"ghost{i}" for i in range(7)])
+    assert err.value.status == 422
+    assert "'ghost0'" in str(err.value) and "and 2 more" in str(err.value)
