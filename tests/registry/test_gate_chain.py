@@ -1,6 +1,8 @@
-"""evaluate -> gate -> register on the tiny profile, through the real CLI and a real MLflow
-SQLite registry: worse candidates are refused with reasons and the champion stays; a better
-one is promoted; re-running changes nothing; rollback serves the previous version.
+"""evaluate -> gate -> refit -> register on the tiny profile, through the real CLI and a
+real MLflow SQLite registry: worse candidates are refused with reasons and the champion
+stays; a better one is promoted; re-running changes nothing; rollback serves the previous
+version. The champion is compared as its held-out candidate (a refit has seen the test
+events) and served as its refit.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory, tiny_split_dir, tiny_params) -> Path:
-    """A workspace with the tiny split, its embeddings and a gate tuned for the test."""
+def ws(tmp_path_factory, tiny_split_dir, tiny_params, synthetic_world) -> Path:
+    """A workspace with the tiny data, its split and embeddings (the refit reads the data)."""
     root = tmp_path_factory.mktemp("chain")
+    (root / "data").mkdir()
+    synthetic_world[0].to_parquet(root / "data/interactions.parquet", index=False)
     shutil.copytree(tiny_split_dir, root / "artifacts/preprocess")
     embed.run(tiny_params.embed, root / "artifacts/preprocess", root / "artifacts/embed", False)
     return root
@@ -95,12 +99,16 @@ def test_gate_refuses_worse_candidates_promotes_better_and_rolls_back(ws):
     assert gate.returncode == 0, gate.stdout + gate.stderr
     skipped = [c for c in verdict["checks"] if c["status"] == "skip"]
     assert skipped and all("no champion yet" in c["reason"] for c in skipped)
+    ok(lmrec(ws, "refit", first, "--no-progress"))
     ok(lmrec(ws, "register", first))
     assert champion_number(ws) == 1
     # The evaluation reached the candidate's MLflow run: test metrics and the PNG report.
     run_id = json.loads((ws / "artifacts/train/run.json").read_text())["mlflow_run_id"]
     client = registry(ws).client
     assert client.get_run(run_id).data.metrics["test.overall.ndcg_at_10"] > 0.3
+    # What the version serves is the refit of that candidate on every event.
+    v1_refit = json.loads((ws / "artifacts/refit/refit.json").read_text())["model_digest"]
+    assert registry(ws).version(1).served_digest == v1_refit
     logged = {a.path for a in client.list_artifacts(run_id, "evaluation")}
     assert logged == {"evaluation/report.png", "evaluation/comparison.json"}
     assert registry(ws).version(1).tags["git_commit"]
@@ -109,6 +117,7 @@ def test_gate_refuses_worse_candidates_promotes_better_and_rolls_back(ws):
     assert seeds["n"] == 2 and seeds["replicas"] == ["seed_1"]
     assert seeds["overall"]["ndcg@10"]["n"] == 2 and seeds["overall"]["ndcg@10"]["std"] > 0
     v1_scores = load_model(ws / "artifacts/train/model").score(probe)
+    v1_served = load_model(ws / "artifacts/refit/model").score(probe)
 
     # 2. A model trained on 5% of the users: refused against the champion.
     ok(lmrec(ws, "train", scarce, "--no-progress"))
@@ -142,12 +151,18 @@ def test_gate_refuses_worse_candidates_promotes_better_and_rolls_back(ws):
     assert lmrec(ws, "register", scarce).returncode == REFUSED_EXIT_CODE
     assert champion_number(ws) == 1
 
-    # 4. A better model (more epochs): passes and becomes the champion.
+    # 4. A better model (more epochs): passes and becomes the champion. The champion it
+    # beat is v1's held-out candidate, not v1's refit (which trained on the test events).
     ok(lmrec(ws, "train", better, "--no-progress"))
     gate, verdict = evaluate_and_gate(ws, better)
     assert gate.returncode == 0, gate.stdout + gate.stderr
     compared = [c for c in verdict["checks"] if c["check"].endswith("vs champion")]
     assert sum(c["status"] == "pass" for c in compared) >= 5, compared
+    comparison = json.loads((ws / "artifacts/evaluate/comparison.json").read_text())
+    assert comparison["models"]["champion"]["champion"]["digest"] == registry(ws).version(1).digest
+    stale = lmrec(ws, "register", better)  # artifacts/refit is still v1's
+    assert stale.returncode == 2 and "not of the gated candidate" in stale.stderr
+    ok(lmrec(ws, "refit", better, "--no-progress"))
     ok(lmrec(ws, "register", better))
     record = json.loads((ws / "artifacts/register/registration.json").read_text())
     assert record["version"] == 2 and record["promoted"] and record["previous_champion"] == 1
@@ -169,9 +184,12 @@ def test_gate_refuses_worse_candidates_promotes_better_and_rolls_back(ws):
     assert "unchanged" in ok(lmrec(ws, "rollback", better, "--from-version", "2")).stdout
     assert champion_number(ws) == 1
     reg = registry(ws)
-    served = load_model(reg.download(reg.alias(CHAMPION).number, ws / "served"))
-    np.testing.assert_array_equal(served.score(probe), v1_scores)
+    served = load_model(reg.download(reg.alias(CHAMPION).number, ws / "served", served=True))
+    np.testing.assert_array_equal(served.score(probe), v1_served)
+    evaluated = load_model(reg.download(reg.alias(CHAMPION).number, ws / "evaluated"))
+    np.testing.assert_array_equal(evaluated.score(probe), v1_scores)
     assert not np.array_equal(v1_scores, v2_scores)
+    assert not np.array_equal(v1_scores, v1_served)
     assert ROLLED_BACK_TAG in reg.version(2).tags
 
     # 7. The pipeline does not quietly re-promote a rolled-back version.

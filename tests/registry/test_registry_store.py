@@ -2,8 +2,8 @@
 
 Covers idempotent registration by digest, promote / rollback sequences and their
 idempotence, the errors when there is nothing to promote or roll back, the challenger
-alias never landing on the champion, downloading a version back into a loadable lmrec model,
-and ``model_digest``.
+alias never landing on the champion, downloading a version back into a loadable lmrec model
+(a refit version's served refit and its evaluated candidate), and ``model_digest``.
 
 Creating the SQLite store and logging the first model take a few seconds, so one store with
 three logged models is shared by the module; each test gets its own registered model name,
@@ -30,9 +30,11 @@ from lmrec.models.popularity import PopularityRecommender
 from lmrec.models.random import RandomParams, RandomRecommender
 from lmrec.models.registry import load_model
 from lmrec.registry.store import (
+    CANDIDATE_MODEL_TAG,
     CHALLENGER,
     CHAMPION,
     DIGEST_TAG,
+    REFIT_DIGEST_TAG,
     ROLLED_BACK_TAG,
     AliasChange,
     Registry,
@@ -316,6 +318,44 @@ def test_download_of_each_version_gets_its_own_model(registry, store, tmp_path):
         loaded = load_model(model_dir)
         np.testing.assert_array_equal(loaded.score(HISTORIES), logged.model.score(HISTORIES))
         assert loaded.params == logged.model.params
+
+
+def test_a_refit_version_is_served_as_its_refit_and_evaluated_as_its_candidate(
+    registry, store, tmp_path
+):
+    candidate, refit, other = store.models
+    tags = {
+        DIGEST_TAG: candidate.digest,
+        REFIT_DIGEST_TAG: refit.digest,
+        CANDIDATE_MODEL_TAG: candidate.model_uri,
+    }
+    number = registry.register(refit.model_uri, refit.run_id, tags).number
+    version = registry.version(number)
+    assert (version.digest, version.served_digest) == (candidate.digest, refit.digest)
+    served = registry.download(number, tmp_path / "served", served=True)
+    evaluated = registry.download(number, tmp_path / "evaluated")
+    assert model_digest(served) == refit.digest
+    assert model_digest(evaluated) == candidate.digest
+    np.testing.assert_array_equal(
+        load_model(evaluated).score(HISTORIES), candidate.model.score(HISTORIES)
+    )
+    # The same candidate and refit again: the same version. Another refit: a new version.
+    assert registry.register(refit.model_uri, refit.run_id, tags).number == number
+    again = {**tags, REFIT_DIGEST_TAG: other.digest}
+    newer = registry.register(other.model_uri, other.run_id, again).number
+    assert newer != number
+    assert registry.find_digest(candidate.digest).number == newer
+    assert registry.find_digest(candidate.digest, refit.digest).number == number
+    assert registry.find_digest(candidate.digest, "no-such-refit") is None
+
+
+def test_a_version_without_a_refit_is_served_and_evaluated_as_one_model(registry, store, tmp_path):
+    logged = store.models[0]
+    number = register(registry, logged)
+    assert registry.version(number).served_digest == logged.digest
+    for served in (False, True):
+        model_dir = registry.download(number, tmp_path / str(served), served=served)
+        assert model_digest(model_dir) == logged.digest
 
 
 def test_lmrec_model_dir_refuses_a_directory_without_an_mlmodel(tmp_path):
