@@ -1,5 +1,5 @@
-"""The pipeline (data stages, embed, train, evaluate, gate, register, package) under real
-DVC, on the tiny profile, with the real MLflow SQLite registry and BentoML store.
+"""The pipeline (data stages, embed, train, evaluate, gate, refit, register, package) under
+real DVC, on the tiny profile, with the real MLflow SQLite registry and BentoML store.
 
 A throwaway workspace gets the project's dvc.yaml, the stage sources it lists as deps,
 and profiles/tiny.yaml as its params.yaml; then `lmrec ingest --snapshot` and
@@ -66,18 +66,27 @@ def test_ingest_then_repro_then_noop(workspace):
     assert "Running stage 'train'" in first.stdout and "model written to" in first.stdout
     assert (workspace / "artifacts/train/model/weights.safetensors").exists()
     assert (workspace / "mlflow.db").exists()  # the default SQLite tracking store
-    for stage in ("evaluate", "gate", "register"):
+    for stage in ("evaluate", "gate", "refit", "register"):
         assert f"Running stage '{stage}'" in first.stdout
     assert "gate passed" in first.stdout
+    # The version serves the refit of the gated candidate on every event.
+    refit = json.loads((workspace / "artifacts/refit/refit.json").read_text())
+    gate = json.loads((workspace / "artifacts/gate/gate.json").read_text())
+    assert refit["candidate_digest"] == gate["candidate_digest"]
+    held_out = summary["val"] + summary["test"] + summary["cold_interactions"]
+    assert refit["interactions"] == summary["train"] + held_out
     metrics = json.loads((workspace / "artifacts/evaluate/metrics.json").read_text())
     assert metrics["candidate"]["overall"]["ndcg@10"] > 0.3
     assert (workspace / "artifacts/evaluate/report.png").stat().st_size > 10_000
     record = json.loads((workspace / "artifacts/register/registration.json").read_text())
     assert record["version"] == 1 and record["aliases"] == ["champion"]
+    assert record["refit_digest"] == refit["model_digest"]
     assert Registry(f"sqlite:///{workspace}/mlflow.db", "lmrec").alias("champion").number == 1
     assert "Running stage 'package'" in first.stdout
     packaged = json.loads((workspace / "artifacts/package/package.json").read_text())
     assert packaged["models"]["champion"]["version"] == 1 and packaged["bento"].startswith("lmrec:")
+    assert packaged["models"]["champion"]["digest"] == refit["model_digest"]
+    assert packaged["models"]["champion"]["n_users"] == refit["users"]
     train_out = _lock_out(workspace, "train")
     # Training is deterministic: forcing the stage again reproduces the same model hash.
     forced = _run(["dvc", "repro", "--force", "--single-item", "train"], workspace)
@@ -98,6 +107,7 @@ def test_ingest_then_repro_then_noop(workspace):
     assert again.stdout.count("Running stage") == 1
     assert "Running stage 'evaluate'" in again.stdout
     assert "Stage 'gate' didn't change" in again.stdout
+    assert "Stage 'refit' didn't change" in again.stdout
     assert "Stage 'register' didn't change" in again.stdout
     assert "Stage 'package' didn't change" in again.stdout
     # A params change reruns only what depends on it.

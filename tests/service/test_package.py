@@ -1,6 +1,7 @@
 """`lmrec package`: registry aliases -> serving bundles -> BentoML models -> a Bento, with a
 real MLflow SQLite registry, a real BentoML store (BENTOML_HOME in a temp dir) and a real
-`bentoml build`. The packaged champion follows promotions and rollbacks.
+`bentoml build`. The packaged champion follows promotions and rollbacks; a refit version is
+packaged as its refit, with the full histories and popularity of the refit's data.
 """
 
 from __future__ import annotations
@@ -12,12 +13,21 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from lmrec.features.dataset import load_split
+from lmrec.features.dataset import load_split, write_all_events
+from lmrec.features.split import all_events
 from lmrec.models.popularity import PopularityRecommender
-from lmrec.models.random import RandomRecommender
-from lmrec.registry.store import DIGEST_TAG, Registry, model_digest
+from lmrec.models.random import RandomParams, RandomRecommender
+from lmrec.registry.store import (
+    CANDIDATE_MODEL_TAG,
+    DIGEST_TAG,
+    REFIT_DIGEST_TAG,
+    Registry,
+    model_digest,
+)
+from lmrec.serving.bundle import Bundle
 from lmrec.stages import embed
 from lmrec.train.tracking import Tracker
 
@@ -56,9 +66,9 @@ def _logged_models(root: Path, tiny_split_dir: Path, uri: str) -> dict:
     return {"root": root, "split": tiny_split_dir, "uri": uri, "params": params, "v": versions}
 
 
-def package(ws: dict, *extra: str) -> dict:
+def package(ws: dict, *extra: str, split: Path | None = None) -> dict:
     env = {**os.environ, "MLFLOW_TRACKING_URI": ws["uri"], "BENTOML_HOME": str(ws["root"] / "bh")}
-    cmd = [LMREC, "package", "--params", str(ws["params"]), "--split", str(ws["split"])]
+    cmd = [LMREC, "package", "--params", str(ws["params"]), "--split", str(split or ws["split"])]
     cmd += ["--embeddings", str(ws["root"] / "embed"), "--out", str(ws["root"] / "pkg")]
     cmd += ["--bentofile", str(REPO / "bentofile.yaml"), *extra]
     done = subprocess.run(cmd, cwd=ws["root"], env=env, capture_output=True, text=True, timeout=600)
@@ -128,3 +138,50 @@ def test_package_follows_the_champion_alias(ws):
     assert record["models"]["champion"]["version"] == v1
     latest = [m for m in store_models(ws) if m[0] == "lmrec-champion"][-1]
     assert latest[2] == str(v1)
+
+
+def _refit_data(ws: dict, interactions, preprocess) -> Path:
+    """The refit stage's data for the tiny split: every event as training data."""
+    split = load_split(ws["split"])
+    events, _ = all_events(interactions, split.items["item_id"], preprocess)
+    out = ws["root"] / "refit-data"
+    write_all_events(out, events, split.items, {"interactions": len(events)})
+    return out
+
+
+def test_a_refit_version_is_packaged_as_its_refit_with_full_histories(
+    ws, synthetic_world, tiny_params
+):
+    data_dir = _refit_data(ws, synthetic_world[0], tiny_params.preprocess)
+    data, split = load_split(data_dir), load_split(ws["split"])
+    refit_dir = ws["root"] / "refit-model"
+    RandomRecommender(RandomParams(seed=5)).fit(data).save(refit_dir)  # a stand-in refit
+    (refit_dir / "item_ids.json").write_text(json.dumps(data.items["item_id"].tolist()))
+    tracker = Tracker(ws["uri"], "package-test")
+    refit_uri = tracker.log_model(refit_dir)
+    tracker.end()
+    registry = Registry(ws["uri"], "lmrec")
+    candidate = registry.version(ws["v"][0])
+    refit_digest = model_digest(refit_dir)
+    tags = {
+        DIGEST_TAG: candidate.digest,
+        REFIT_DIGEST_TAG: refit_digest,
+        CANDIDATE_MODEL_TAG: candidate.source,
+    }
+    number = registry.register(refit_uri, tracker.run_id, tags).number
+    registry.promote(number)
+
+    champion = package(ws, "--no-build", split=data_dir)["models"]["champion"]
+    assert champion["version"] == number and champion["digest"] == refit_digest
+    assert champion["candidate_digest"] == candidate.digest
+    assert champion["bentoml_model"] == f"lmrec-champion:v{number}-{refit_digest[:8]}"
+    bundle = Bundle.read(ws["root"] / "pkg/bundles/champion")
+    assert model_digest(bundle.root / "model") == refit_digest  # the refit, not the candidate
+    cold = split.items["is_cold"].to_numpy()
+    for user, user_id in enumerate(split.user_ids):
+        history = bundle.users[str(user_id)].tolist()
+        warm = [i for i in history if not cold[i]]
+        assert warm[-2:] == [split.val_items[user], split.test_items[user]], user_id
+    popularity = bundle.catalog.sort_values("item_idx")["popularity"].to_numpy()
+    np.testing.assert_array_equal(popularity, data.items["n_train"].to_numpy())
+    assert (popularity[cold] > 0).all()  # the holdout items' events count too
