@@ -27,14 +27,15 @@ $(AIRFLOW_VENV)/.installed: requirements/airflow.lock.txt
 	$(AIRFLOW_VENV)/bin/pip install --quiet -r requirements/airflow.lock.txt
 	@touch $@
 
-demo: setup  ## ingest MovieLens-100K, run the pipeline (train -> gate -> register -> package), serve it
+demo: setup  ## ingest MovieLens-100K, run the pipeline (train -> gate -> refit -> register -> package), serve it
 	lmrec ingest --snapshot
 	dvc repro
 	@echo; echo "Validation report: artifacts/validation/report.md"; \
 	 echo "Split:             artifacts/preprocess/ (summary.json)"; \
-	 echo "Model:             artifacts/train/model/ (metrics: artifacts/train/metrics.json)"; \
+	 echo "Candidate model:   artifacts/train/model/ (metrics: artifacts/train/metrics.json)"; \
 	 echo "Evaluation:        artifacts/evaluate/report.png (metrics.json, comparison.json)"; \
 	 echo "Gate verdict:      artifacts/gate/gate.json"; \
+	 echo "Served model:      artifacts/refit/model/ (refit on every event: artifacts/refit/refit.json)"; \
 	 echo "Registry:          lmrec versions   (MLflow UI: make mlflow-ui)"; \
 	 echo "Bento:             artifacts/package/package.json"
 	@$(MAKE) --no-print-directory serve
