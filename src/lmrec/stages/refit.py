@@ -132,32 +132,27 @@ def run(params: Params, inputs: RefitInputs, out_dir: Path, *, progress: bool = 
             encoder=encoder_meta.get("encoder"),
             progress=progress,
         )
-        summary = _finish(params, inputs, out_dir, data, digest, result, tracker)
+        record = _write_model(inputs, out_dir, data, digest, result)
+        facts = _track(params, inputs, out_dir, record, result, tracker)
     except BaseException:
         tracker.end("FAILED")
         raise
     tracker.end()
-    return summary
+    return _summary(record, facts, result)
 
 
-def _finish(
-    params: Params,
-    inputs: RefitInputs,
-    out_dir: Path,
-    data: SplitData,
-    candidate_digest: str,
-    result: RefitResult,
-    tracker: Tracker,
+def _write_model(
+    inputs: RefitInputs, out_dir: Path, data: SplitData, candidate: str, result: RefitResult
 ) -> dict[str, Any]:
-    cfg, model = params.train, result.model
-    model_dir = out_dir / MODEL_DIR
-    training = {"epochs_run": result.epochs, "refit_of": candidate_digest, "world_size": 1}
+    """Write ``model/`` and ``refit.json``; return the record."""
+    model, model_dir = result.model, out_dir / MODEL_DIR
+    training = {"epochs_run": result.epochs, "refit_of": candidate, "world_size": 1}
     files = {ENCODER_META: inputs.embed_dir / ENCODER_META, TRAINING_FILE: training}
     write_model_dir(model, model_dir, data.items["item_id"].astype(str).tolist(), files)
     if model.text_tower is not None:
         model.text_tower.save_adapter(model_dir / "encoder_adapter")
     record = {
-        "candidate_digest": candidate_digest,
+        "candidate_digest": candidate,
         "model_digest": model_digest(model_dir),
         "epochs": result.epochs,
         "interactions": data.summary["interactions"],
@@ -166,25 +161,31 @@ def _finish(
         "items_trained": data.summary["items_in_train"],
     }
     write_json(out_dir / REFIT_FILE, record)
+    return record
+
+
+def _track(
+    params: Params,
+    inputs: RefitInputs,
+    out_dir: Path,
+    record: dict,
+    result: RefitResult,
+    tracker: Tracker,
+) -> dict[str, Any]:
+    """Log the refit's tags, params, metrics and model to MLflow; write ``run.json``."""
+    cfg, model = params.train, result.model
     candidate_run = _candidate_run(inputs.train_dir)
     commit, data_hash = git_commit(), data_version()
-    tracker.set_tags(
-        {
-            "lmrec.stage": "refit",
-            "candidate_digest": candidate_digest,
-            "candidate_run_id": str(candidate_run),
-            "git_commit": commit,
-            "data_dvc_md5": data_hash,
-            "encoder": str(json.loads(files[ENCODER_META].read_text()).get("encoder")),
-            "device": str(model.params.device),
-            "model": model.name,
-        }
-    )
+    encoder = json.loads((inputs.embed_dir / ENCODER_META).read_text()).get("encoder")
+    tags = {"lmrec.stage": "refit", "candidate_digest": record["candidate_digest"]}
+    tags |= {"candidate_run_id": str(candidate_run), "git_commit": commit}
+    tags |= {"data_dvc_md5": data_hash, "encoder": str(encoder), "model": model.name}
+    tracker.set_tags({**tags, "device": str(model.params.device)})
     tracker.log_params({**cfg.model_dump(), "refit": {"epochs": result.epochs}})
     tracker.log_metrics({"refit_seconds": result.seconds, "interactions": record["interactions"]})
     tracker.log_artifact(out_dir / REFIT_FILE)
-    model_uri = tracker.log_model(model_dir) if cfg.mlflow.log_model else None
-    run_facts = {
+    model_uri = tracker.log_model(out_dir / MODEL_DIR) if cfg.mlflow.log_model else None
+    facts = {
         "mlflow_run_id": tracker.run_id,
         "mlflow_tracking_uri": tracker.uri,
         "mlflow_model_uri": model_uri,
@@ -194,7 +195,11 @@ def _finish(
         "data_dvc_md5": data_hash,
         "refit_seconds": round(result.seconds, 2),
     }
-    write_json(out_dir / RUN_FILE, run_facts)
+    write_json(out_dir / RUN_FILE, facts)
+    return facts
+
+
+def _summary(record: dict, facts: dict, result: RefitResult) -> dict[str, Any]:
     return {
         "epochs": result.epochs,
         "interactions": record["interactions"],
@@ -202,8 +207,8 @@ def _finish(
         "items trained": f"{record['items_trained']} of {record['items']}",
         "final loss": round(result.losses[-1], 4),
         "refit seconds": round(result.seconds, 1),
-        "MLflow run": tracker.run_id,
-        "MLflow model": model_uri,
+        "MLflow run": facts["mlflow_run_id"],
+        "MLflow model": facts["mlflow_model_uri"],
     }
 
 
