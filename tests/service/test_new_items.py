@@ -84,6 +84,18 @@ def test_the_only_fresh_item_reaches_every_list(engine, bundles):
         assert "new-1" in ids(engine.recommend(history=bundles.histories[user_id][-3:], k=5))
 
 
+def test_a_known_users_fresh_pick_is_kept_until_the_catalog_changes(engine, bundles):
+    user_id = sorted(bundles.histories)[3]
+    first = engine.recommend(user_id, k=10)
+    assert user_id in engine.fresh.by_user
+    assert engine.recommend(user_id, k=10) == first
+    apply(engine, [stored("new-1")], embedding(engine, "item00020", 4.0)[None])
+    assert engine.fresh.by_user == {}  # recomputed for the new catalog
+    cached = engine.user_cache[user_id]
+    expected = engine._fresh_top(1, cached.seen, cached.vector, None)[0].item
+    assert ids(engine.recommend(user_id, k=10))[-1] == engine.item_ids[expected]
+
+
 def test_an_added_item_ages_out_of_the_policy(engine, bundles):
     apply(
         engine,

@@ -41,7 +41,7 @@ from lmrec.serving import known_users
 from lmrec.serving.bundle import Bundle
 from lmrec.serving.exposure import ExposurePolicy
 from lmrec.serving.faiss_index import FaissIndex
-from lmrec.serving.fresh import FreshItems
+from lmrec.serving.fresh import FreshItems, outside
 from lmrec.serving.known_users import KnownUser
 from lmrec.serving.rerank import mmr
 
@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 #: History items considered when explaining a recommendation (the most recent ones).
 EXPLAIN_WINDOW = 50
+#: Fresh candidates scored by row sums directly; more are narrowed by a matrix product first.
+FRESH_ROW_SUMS = 256
 
 
 class RequestError(ValueError):
@@ -92,7 +94,10 @@ class Engine:
         self.item_matrix = self.model.item_matrix() if self.two_tower else None
         # The float network, kept for new items' vectors even when int8 replaces model.net.
         self.item_net = getattr(self.model, "net", None) if self.two_tower else None
-        self.vectorized = getattr(self.item_net, "text_proj", None) is not None
+        # A fine-tuned encoder's text vectors are not the bundle's: added items are then
+        # searchable, not scored (they would be scored from the wrong embedding).
+        tuned = (bundle.root / "model" / "encoder_adapter").exists()
+        self.vectorized = getattr(self.item_net, "text_proj", None) is not None and not tuned
         if params.quantize_int8 and self.two_tower:
             self._quantize()
         self.faiss_index = None
@@ -243,7 +248,8 @@ class Engine:
             pool = max(k, self.params.candidate_pool) if diversity > 0 else k
             candidates, scores = self._top(items, min(pool, available), excluded, user)
             picked = self._mmr(candidates, k, float(diversity)) if diversity > 0 else candidates[:k]
-        picked = self._expose(picked, k, excluded, user, scores, cold=len(items) == 0)
+        by_user = known if cached is not None and exclude_seen else None  # a fixed answer
+        picked = self._expose(picked, k, excluded, user, scores, len(items) == 0, by_user)
         if explain:
             picked = [Scored(s.item, s.score, self._reason(s.item, items)) for s in picked]
         return {
@@ -327,33 +333,50 @@ class Engine:
         user: np.ndarray | None,
         scores: np.ndarray | None,
         cold: bool,
+        known: str | None = None,
     ) -> list[Scored]:
-        """``picked`` with the exposure policy's reserved slots (module docstring)."""
+        """``picked`` with the exposure policy's reserved slots (module docstring); the
+        fresh items picked for a ``known`` user by stored history are kept for next time."""
         head = [s.item for s in picked]
-        if not self.fresh.wanted(head, k):
+        reserved = self.fresh.reserved(head, k)
+        if not reserved:
             return picked
-        n = self.fresh.pool(k)
         if cold:
-            items = self.fresh.recent_outside(excluded, n).tolist()
+            items = self.fresh.recent_outside(excluded, reserved).tolist()
             extra = [Scored(i, float(self.popularity[i]), self._cold_reason(i)) for i in items]
+        elif known is not None:
+            extra = self.fresh.by_user.get(known)
+            if extra is None:
+                slots = self.fresh.policy.slots
+                extra = self.fresh.by_user[known] = self._fresh_top(slots, excluded, user, scores)
+            extra = extra[:reserved]
         else:
-            extra = self._fresh_top(n, excluded, user, scores)
-        order = self.fresh.merge(head, [s.item for s in extra], k)
+            extra = self._fresh_top(reserved, excluded, user, scores)
+        order = self.fresh.merge(head, [s.item for s in extra], k, reserved)
         chosen = {s.item: s for s in extra} | {s.item: s for s in picked}
         return [chosen[i] for i in order]
 
     def _fresh_top(
         self, n: int, excluded: np.ndarray, user: np.ndarray | None, scores: np.ndarray | None
     ) -> list[Scored]:
-        """The model's ``n`` best fresh items outside ``excluded``: from the list's scores
-        when every item was scored, else from the fresh items' vectors alone."""
+        """The model's ``n`` best fresh items outside ``excluded`` (sorted), scored as
+        ``_ranked`` scores (two-tower: ``known_users.ranked``'s row sums)."""
         candidates = self.fresh.scored
         if scores is not None:
-            return self._ranked(candidates, scores[candidates], n, user)  # excluded: -inf
-        if user is None:
+            candidates = candidates[np.isfinite(scores[candidates])]  # excluded: -inf
+        elif user is not None:
+            candidates = outside(candidates, excluded)
+        else:
             return []
-        candidates = candidates[~np.isin(candidates, excluded)]
-        return self._ranked(candidates, self.item_matrix[candidates] @ user, n, user)
+        if not self.two_tower:
+            return self._ranked(candidates, scores[candidates], n, user)
+        matrix = self.item_matrix
+        if len(candidates) > FRESH_ROW_SUMS:  # many: keep the matrix product's best few
+            rough = scores[candidates] if scores is not None else matrix[candidates] @ user
+            candidates = candidates[np.argpartition(-rough, n + 7)[: n + 8]]
+        fresh_scores = np.multiply(matrix[candidates], user).sum(axis=1, dtype=np.float32)
+        best = np.lexsort((candidates, -fresh_scores))[:n]
+        return [Scored(int(candidates[j]), float(fresh_scores[j])) for j in best]
 
     def _mmr(self, candidates: list[Scored], k: int, diversity: float) -> list[Scored]:
         vectors = self.text[[c.item for c in candidates]]
@@ -362,7 +385,7 @@ class Engine:
 
     # ------------------------------------------------------- explanation
     def _cold_reason(self, item: int) -> str:
-        if not self.fresh.mask[item]:
+        if item not in self.fresh.members:
             return f"popular: {int(self.popularity[item])} interactions"
         added = self.added_at[item]
         if np.isnan(added):

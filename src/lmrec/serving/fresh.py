@@ -17,57 +17,78 @@ from lmrec.serving import exposure
 from lmrec.serving.exposure import ExposurePolicy
 
 
+class _Members(frozenset):
+    """A set of items that answers ``fresh[item]`` as ``exposure.merge`` asks it."""
+
+    __getitem__ = frozenset.__contains__
+
+
 class FreshItems:
     """Fresh items under ``policy``: call ``update`` whenever the catalog changes.
 
     Attributes:
         mask: bool per item, True = fresh.
+        members: the fresh items as a set (a request checks a few items: no array work).
         scored: the fresh items the model can score (the model path's candidates).
         recent: every fresh item, newest addition first, then catalog items (unknown
             addition time) by popularity and index: the cold-start order.
+        by_user: a known user's best fresh unseen items (``policy.slots`` of them) once
+            computed, until the next ``update`` (they depend on nothing else).
     """
 
     def __init__(self, policy: ExposurePolicy) -> None:
         self.policy = policy
         self.mask = np.zeros(0, dtype=bool)
+        self.members = _Members()
         self.scored = self.recent = np.zeros(0, dtype=np.int64)
         self.until = np.inf
+        self.by_user: dict[str, list] = {}
         self._inputs: tuple[np.ndarray, np.ndarray, int] | None = None
 
     def update(self, popularity: np.ndarray, added_at: np.ndarray, scorable: int) -> None:
         """Recompute from training interactions and addition times (NaN: unknown) per item;
         items from index ``scorable`` on have no model score."""
         self._inputs = popularity, added_at, scorable
+        self.by_user = {}
         mask = self.policy.fresh_mask(popularity, added_at, time.time())
         self.mask = mask
-        self.scored = np.flatnonzero(mask[:scorable])
-        added = np.where(np.isnan(added_at), -np.inf, added_at)
         fresh = np.flatnonzero(mask)
+        self.members = _Members(fresh.tolist())
+        self.scored = fresh[fresh < scorable]
+        added = np.where(np.isnan(added_at), -np.inf, added_at)
         self.recent = fresh[np.lexsort((fresh, -popularity[fresh], -added[fresh]))]
         young = added[mask & np.isfinite(added)]
         age = self.policy.max_age_days
         self.until = young.min() + age * 86_400.0 if len(young) and age else np.inf
 
-    def wanted(self, head: list[int], k: int) -> bool:
-        """Whether a list of ``k`` starting with ``head`` needs fresh items added."""
+    def reserved(self, head: list[int], k: int) -> int:
+        """Slots a list of ``k`` starting with ``head`` reserves, 0 when it needs no fresh
+        item added (it holds enough, or there is none). Also the number of best fresh items
+        ``merge`` needs: the list keeps at most ``reserved - need`` fresh items of its own,
+        so the best ``reserved`` hold the ``need`` it lacks."""
         reserved = self.policy.reserved(k)
         if reserved == 0:
-            return False
+            return 0
         if time.time() > self.until and self._inputs is not None:  # an added item aged out
             self.update(*self._inputs)
-        return len(self.recent) > 0 and int(self.mask[head[:k]].sum()) < reserved
+        members = self.members
+        if not members or sum(i in members for i in head[:k]) >= reserved:
+            return 0
+        return reserved
 
-    def pool(self, k: int) -> int:
-        """How many best fresh items ``merge`` may need for a list of ``k``."""
-        return self.policy.reserved(k) + k
-
-    def merge(self, head: list[int], fresh_top: list[int], k: int) -> list[int]:
+    def merge(self, head: list[int], fresh_top: list[int], k: int, reserved: int) -> list[int]:
         """``exposure.merge`` under this policy."""
-        return exposure.merge(head, fresh_top, k, self.policy.reserved(k), self.mask)
+        return exposure.merge(head, fresh_top, k, reserved, self.members)
 
     def recent_outside(self, excluded: np.ndarray, n: int) -> np.ndarray:
-        """The first ``n`` of ``recent`` not in ``excluded``."""
-        candidates = self.recent
-        if len(excluded):
-            candidates = candidates[~np.isin(candidates, excluded)]
-        return candidates[:n]
+        """The first ``n`` of ``recent`` not in ``excluded`` (sorted)."""
+        return outside(self.recent, excluded)[:n]
+
+
+def outside(candidates: np.ndarray, excluded: np.ndarray) -> np.ndarray:
+    """``candidates`` not in the sorted array ``excluded`` (a binary search per candidate:
+    cheaper than ``np.isin``'s sort for the few fresh items of a request)."""
+    if not len(excluded) or not len(candidates):
+        return candidates
+    at = np.minimum(np.searchsorted(excluded, candidates), len(excluded) - 1)
+    return candidates[excluded[at] != candidates]

@@ -9,7 +9,8 @@ is then a slice of that list; every other request is scored live from the vector
 
 The lists are what live scoring returns: the same items in the same order with the same
 scores (candidates come from one matrix product per block of users, then both rank their
-candidates with ``ranked``).
+candidates with ``ranked``). An item added or changed at serving time (``POST /items``)
+is spliced into the lists it now belongs in (``put_item``), so they stay that.
 """
 
 from __future__ import annotations

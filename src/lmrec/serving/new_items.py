@@ -10,8 +10,9 @@ then becomes, in an engine:
   own ``item_vectors`` of that text with no ID embedding, what the model uses for every item
   without training interactions; it joins the item matrix, the faiss index, the numpy user
   encoder's input table (so posted histories may hold it) and the prepared lists of known
-  users (``known_users.put_item``). Models without a text tower (the baselines) cannot
-  score it: it is similar-searchable only, and left out of posted histories;
+  users (``known_users.put_item``). Models without a text tower (the baselines), or whose
+  encoder was fine-tuned in training (their text vectors are not the bundle's encoder's),
+  cannot score it: it is similar-searchable only, and left out of posted histories;
 - fresh for the exposure policy (no training interaction, added now).
 
 An id already served is an update: title, categories and text vector replaced (a trained
