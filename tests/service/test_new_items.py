@@ -92,7 +92,7 @@ def test_a_known_users_fresh_pick_is_kept_until_the_catalog_changes(engine, bund
     apply(engine, [stored("new-1")], embedding(engine, "item00020", 4.0)[None])
     assert engine.fresh.by_user == {}  # recomputed for the new catalog
     cached = engine.user_cache[user_id]
-    expected = engine._fresh_top(1, cached.seen, cached.vector, None)[0].item
+    expected = engine.fresh.best(1, cached.seen, cached.vector, None, engine.item_matrix)[0][0]
     assert ids(engine.recommend(user_id, k=10))[-1] == engine.item_ids[expected]
 
 

@@ -41,7 +41,7 @@ from lmrec.serving import known_users
 from lmrec.serving.bundle import Bundle
 from lmrec.serving.exposure import ExposurePolicy
 from lmrec.serving.faiss_index import FaissIndex
-from lmrec.serving.fresh import FreshItems, outside
+from lmrec.serving.fresh import FreshItems
 from lmrec.serving.known_users import KnownUser
 from lmrec.serving.rerank import mmr
 
@@ -49,8 +49,6 @@ log = logging.getLogger(__name__)
 
 #: History items considered when explaining a recommendation (the most recent ones).
 EXPLAIN_WINDOW = 50
-#: Fresh candidates scored by row sums directly; more are narrowed by a matrix product first.
-FRESH_ROW_SUMS = 256
 
 
 class RequestError(ValueError):
@@ -105,7 +103,12 @@ class Engine:
             matrix = self.item_matrix
             self.faiss_index = FaissIndex(matrix, params.faiss_hnsw_m, params.faiss_ef_search)
         self.user_encoder = self._numpy_user_encoder() if self.two_tower else None
-        self.user_cache = self._cache_users() if self.two_tower else {}
+        self.user_cache: dict[str, KnownUser] = {}
+        if self.two_tower and 0 < len(bundle.users) <= params.user_vector_cache_max:
+            # a request by user id alone: a slice, or one search, not a transformer pass
+            self.user_cache = known_users.prepare(
+                bundle.users, self.model.user_vectors, self.top_unseen(), params.precompute_top_k
+            )
         self.salt = user_id_salt()  # read once: it is per deployment
         self.fresh = FreshItems(ExposurePolicy(**params.exposure.model_dump()))
         self.set_fresh()
@@ -142,23 +145,6 @@ class Engine:
         except (AttributeError, ValueError) as err:
             log.info("user vectors through torch: %s", err)
             return None
-
-    def _cache_users(self) -> dict[str, KnownUser]:
-        """Known users' vectors, seen items and best ``serve.precompute_top_k`` unseen items
-        (``lmrec.serving.known_users``): a request by user id alone is then a slice, or one
-        inner-product search, instead of a transformer pass and a catalog scan."""
-        users = self.bundle.users
-        if not 0 < len(users) <= self.params.user_vector_cache_max:
-            return {}
-        cache = known_users.prepare(
-            users, self.model.user_vectors, self.top_unseen(), self.params.precompute_top_k
-        )
-        log.info(
-            "known users: %d vectors, top %d unseen items each",
-            len(cache),
-            self.params.precompute_top_k,
-        )
-        return cache
 
     def top_unseen(self) -> known_users.TopUnseen:
         """How known users' lists are prepared: faiss search or exact scoring."""
@@ -248,8 +234,8 @@ class Engine:
             pool = max(k, self.params.candidate_pool) if diversity > 0 else k
             candidates, scores = self._top(items, min(pool, available), excluded, user)
             picked = self._mmr(candidates, k, float(diversity)) if diversity > 0 else candidates[:k]
-        by_user = known if cached is not None and exclude_seen else None  # a fixed answer
-        picked = self._expose(picked, k, excluded, user, scores, len(items) == 0, by_user)
+        fixed = known if cached is not None and exclude_seen else None  # same fresh pick
+        picked = self._expose(picked, k, excluded, user, scores, len(items) == 0, fixed)
         if explain:
             picked = [Scored(s.item, s.score, self._reason(s.item, items)) for s in picked]
         return {
@@ -335,8 +321,7 @@ class Engine:
         cold: bool,
         known: str | None = None,
     ) -> list[Scored]:
-        """``picked`` with the exposure policy's reserved slots (module docstring); the
-        fresh items picked for a ``known`` user by stored history are kept for next time."""
+        """``picked`` with the exposure policy's reserved slots (module docstring)."""
         head = [s.item for s in picked]
         reserved = self.fresh.reserved(head, k)
         if not reserved:
@@ -344,39 +329,13 @@ class Engine:
         if cold:
             items = self.fresh.recent_outside(excluded, reserved).tolist()
             extra = [Scored(i, float(self.popularity[i]), self._cold_reason(i)) for i in items]
-        elif known is not None:
-            extra = self.fresh.by_user.get(known)
-            if extra is None:
-                slots = self.fresh.policy.slots
-                extra = self.fresh.by_user[known] = self._fresh_top(slots, excluded, user, scores)
-            extra = extra[:reserved]
         else:
-            extra = self._fresh_top(reserved, excluded, user, scores)
+            matrix = self.item_matrix if self.two_tower else None
+            best = self.fresh.best(reserved, excluded, user, scores, matrix, known)
+            extra = [Scored(i, s) for i, s in zip(*best, strict=True)]
         order = self.fresh.merge(head, [s.item for s in extra], k, reserved)
         chosen = {s.item: s for s in extra} | {s.item: s for s in picked}
         return [chosen[i] for i in order]
-
-    def _fresh_top(
-        self, n: int, excluded: np.ndarray, user: np.ndarray | None, scores: np.ndarray | None
-    ) -> list[Scored]:
-        """The model's ``n`` best fresh items outside ``excluded`` (sorted), scored as
-        ``_ranked`` scores (two-tower: ``known_users.ranked``'s row sums)."""
-        candidates = self.fresh.scored
-        if scores is not None:
-            candidates = candidates[np.isfinite(scores[candidates])]  # excluded: -inf
-        elif user is not None:
-            candidates = outside(candidates, excluded)
-        else:
-            return []
-        if not self.two_tower:
-            return self._ranked(candidates, scores[candidates], n, user)
-        matrix = self.item_matrix
-        if len(candidates) > FRESH_ROW_SUMS:  # many: keep the matrix product's best few
-            rough = scores[candidates] if scores is not None else matrix[candidates] @ user
-            candidates = candidates[np.argpartition(-rough, n + 7)[: n + 8]]
-        fresh_scores = np.multiply(matrix[candidates], user).sum(axis=1, dtype=np.float32)
-        best = np.lexsort((candidates, -fresh_scores))[:n]
-        return [Scored(int(candidates[j]), float(fresh_scores[j])) for j in best]
 
     def _mmr(self, candidates: list[Scored], k: int, diversity: float) -> list[Scored]:
         vectors = self.text[[c.item for c in candidates]]

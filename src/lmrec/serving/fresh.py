@@ -16,6 +16,9 @@ import numpy as np
 from lmrec.serving import exposure
 from lmrec.serving.exposure import ExposurePolicy
 
+#: Fresh candidates scored by row sums directly; more are narrowed by a matrix product first.
+ROW_SUMS = 256
+
 
 class _Members(frozenset):
     """A set of items that answers ``fresh[item]`` as ``exposure.merge`` asks it."""
@@ -32,8 +35,7 @@ class FreshItems:
         scored: the fresh items the model can score (the model path's candidates).
         recent: every fresh item, newest addition first, then catalog items (unknown
             addition time) by popularity and index: the cold-start order.
-        by_user: a known user's best fresh unseen items (``policy.slots`` of them) once
-            computed, until the next ``update`` (they depend on nothing else).
+        by_user: known users' best fresh unseen items (``best``), until the next ``update``.
     """
 
     def __init__(self, policy: ExposurePolicy) -> None:
@@ -79,6 +81,48 @@ class FreshItems:
     def merge(self, head: list[int], fresh_top: list[int], k: int, reserved: int) -> list[int]:
         """``exposure.merge`` under this policy."""
         return exposure.merge(head, fresh_top, k, reserved, self.members)
+
+    def best(
+        self,
+        n: int,
+        excluded: np.ndarray,
+        user: np.ndarray | None,
+        scores: np.ndarray | None,
+        matrix: np.ndarray | None,
+        known: str | None = None,
+    ) -> tuple[list[int], list[float]]:
+        """The model's ``n`` best fresh items outside ``excluded`` (sorted) and their scores.
+
+        Args:
+            n: how many.
+            excluded: items never picked (the user's history).
+            user: the user vector (two-tower models).
+            scores: every item's score when the list computed them (excluded: -inf).
+            matrix: the item matrix of a two-tower model, else None (then ``scores``).
+            known: a known user asking by stored history: the pick depends on nothing else,
+                so it is kept (``policy.slots`` items) until the next ``update``.
+        """
+        if known is not None:
+            if known not in self.by_user:
+                self.by_user[known] = self.best(self.policy.slots, excluded, user, scores, matrix)
+            items, values = self.by_user[known]
+            return items[:n], values[:n]
+        candidates = self.scored
+        if scores is not None:
+            candidates = candidates[np.isfinite(scores[candidates])]
+        elif matrix is not None and user is not None:
+            candidates = outside(candidates, excluded)
+        else:
+            return [], []
+        if matrix is None:
+            values = scores[candidates]
+        else:  # scored as known_users.ranked scores (row sums), as the list's items are
+            if len(candidates) > ROW_SUMS:  # many: the matrix product's best few first
+                rough = scores[candidates] if scores is not None else matrix[candidates] @ user
+                candidates = candidates[np.argpartition(-rough, n + 7)[: n + 8]]
+            values = np.multiply(matrix[candidates], user).sum(axis=1, dtype=np.float32)
+        order = np.lexsort((candidates, -values))[:n]
+        return candidates[order].tolist(), values[order].tolist()
 
     def recent_outside(self, excluded: np.ndarray, n: int) -> np.ndarray:
         """The first ``n`` of ``recent`` not in ``excluded`` (sorted)."""

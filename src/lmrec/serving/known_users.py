@@ -15,11 +15,14 @@ is spliced into the lists it now belongs in (``put_item``), so they stay that.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
 from tqdm import tqdm
+
+log = logging.getLogger(__name__)
 
 #: Users per batched transformer pass / scoring block.
 CHUNK = 512
@@ -96,6 +99,7 @@ def prepare(
             tops = [(empty_items, empty_scores)] * len(block)
         for name, vector, items, (top, scores) in zip(block, vectors, seen, tops, strict=True):
             out[name] = KnownUser(vector, items, top, scores)
+    log.info("known users: %d vectors, top %d unseen items each", len(out), top_k)
     return out
 
 
