@@ -1,1 +1,2 @@
-"""Training: the trainer loop driver, checkpoints, torchrun/DDP, MLflow tracking."""
+"""Training: the trainer loop driver, the production refit, checkpoints, torchrun/DDP, the
+train/refit artefact layout, MLflow tracking."""
