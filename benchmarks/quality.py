@@ -331,7 +331,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.reference_params is not None:
         name = f"lmrec reference ({args.reference_params.name})"
         ref_params = load_params(args.reference_params)
-        reference, _ = run_lmrec(split, embeddings, ref_params, args.seeds, log, name)
+        if ref_params.train == params.train:  # the same fits: only the serving policy differs
+            runs = [{c: r[c] for c in COLUMNS} for r in lmrec["runs"]]
+            reference = _summarise(f"{name}: the same fits, raw lists", "lmrec", runs)
+        else:
+            reference, _ = run_lmrec(split, embeddings, ref_params, args.seeds, log, name)
         rows.append(reference)
     rows.append(run_text_knn(split, embeddings, log))
     if not args.no_baselines:

@@ -219,6 +219,7 @@ class ExposureParams(Block):
     max_interactions: int = Field(1, ge=1)
     max_age_days: float | None = Field(30.0, gt=0)
     min_k: int = Field(5, ge=1)
+    min_score_quantile: float = Field(0.0, ge=0, lt=1)
 
 
 class ServeParams(Block):

@@ -126,3 +126,29 @@ def test_a_history_with_nothing_known_is_refused_naming_the_ids(engines):
         exposed.recommend(user_id="nobody", history=[f"ghost{i}" for i in range(7)])
     assert err.value.status == 422
     assert "'ghost0'" in str(err.value) and "and 2 more" in str(err.value)
+
+
+def test_a_score_quantile_keeps_weak_fresh_items_out(bundles):
+    """With ``min_score_quantile`` q, only users whose best fresh item scores at least the
+    q-quantile of all known users' best fresh scores get it in a reserved slot."""
+    q = 0.5
+    gated = Engine.load(
+        bundles.champion, ServeParams(exposure=ExposureParams(min_score_quantile=q))
+    )
+    raw = Engine.load(bundles.champion, RAW)
+    fresh = np.flatnonzero(gated.fresh.mask)
+    vectors = np.stack([u.vector for u in gated.user_cache.values()])
+    best = (vectors @ gated.item_matrix[fresh].T).max(axis=1)
+    assert gated.fresh.threshold == pytest.approx(np.quantile(best, q), rel=1e-5)
+    slotted = strong = 0
+    for user_id in sorted(bundles.histories):
+        got, plain = ids(gated.recommend(user_id, k=K)), ids(raw.recommend(user_id, k=K))
+        if set(plain) & set(bundles.fresh):
+            continue
+        cached = gated.user_cache[user_id]
+        top = best_fresh(gated, cached.vector, set(cached.seen))
+        is_strong = float(gated.item_matrix[top] @ cached.vector) >= gated.fresh.threshold
+        assert (got != plain) == is_strong, user_id
+        slotted += got != plain
+        strong += is_strong
+    assert 0 < slotted < len(bundles.histories)

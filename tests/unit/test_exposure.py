@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lmrec.serving.exposure import ExposurePolicy, apply_to_scores, list_ranks, merge
+from lmrec.serving.exposure import (
+    ExposurePolicy,
+    apply_to_scores,
+    best_fresh_scores,
+    list_ranks,
+    merge,
+    score_threshold,
+)
 
 FRESH = np.zeros(20, dtype=bool)
 FRESH[[15, 16, 17]] = True
@@ -52,3 +59,15 @@ def test_batch_lists_skip_excluded_items_and_rank_targets():
     lists = apply_to_scores(scores, excluded, FRESH, 5, ExposurePolicy(slots=1, min_k=5))
     assert lists.tolist() == [[0, 1, 2, 3, 15], [0, 1, 2, 3, 16]]
     assert list_ranks(lists, np.array([15, 9]), miss=5).tolist() == [4, 5]
+
+
+def test_a_score_threshold_withholds_the_slot_from_weak_fresh_items():
+    scores = np.tile(np.arange(20, 0, -1, dtype=float), (2, 1))
+    scores[1, 15] = 30.0  # user 1's fresh item 15 is strong (and tops the list on its own)
+    scores[1, 0] = 31.0
+    policy = ExposurePolicy(slots=1, min_k=5, min_score_quantile=0.5)
+    threshold = score_threshold(best_fresh_scores(scores, FRESH), policy)
+    assert threshold == pytest.approx(np.quantile([5.0, 30.0], 0.5))
+    lists = apply_to_scores(scores, np.zeros((2, 20), dtype=bool), FRESH, 5, policy, threshold)
+    assert lists.tolist() == [[0, 1, 2, 3, 4], [0, 15, 1, 2, 3]]
+    assert score_threshold(np.array([1.0, 2.0]), ExposurePolicy()) == -np.inf

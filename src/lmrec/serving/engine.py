@@ -39,13 +39,16 @@ from lmrec.data.contract import pseudonymise_id, user_id_salt
 from lmrec.models.registry import load_model
 from lmrec.serving import known_users
 from lmrec.serving.bundle import Bundle
-from lmrec.serving.exposure import ExposurePolicy
+from lmrec.serving.exposure import ExposurePolicy, score_threshold
 from lmrec.serving.faiss_index import FaissIndex
 from lmrec.serving.fresh import FreshItems
 from lmrec.serving.known_users import KnownUser
 from lmrec.serving.rerank import mmr
 
 log = logging.getLogger(__name__)
+
+#: Known users whose best fresh-item scores set the exposure's score threshold.
+THRESHOLD_USERS = 20_000
 
 #: History items considered when explaining a recommendation (the most recent ones).
 EXPLAIN_WINDOW = 50
@@ -153,9 +156,17 @@ class Engine:
         return known_users.top_unseen_exact(self.item_matrix)
 
     def set_fresh(self) -> None:
-        """Recompute the fresh items (at load and whenever the catalog changes)."""
+        """Recompute the fresh items (at load and whenever the catalog changes), and the
+        score a fresh item needs for a reserved slot (``exposure.score_threshold`` over the
+        known users' best fresh-item scores; two-tower models only, others: no bar)."""
         scorable = self.n_items if self.vectorized else self.model_items
         self.fresh.update(self.popularity, self.added_at, scorable)
+        self.fresh.threshold = -np.inf
+        if self.fresh.policy.min_score_quantile > 0 and self.user_cache and len(self.fresh.scored):
+            users = list(self.user_cache.values())[:THRESHOLD_USERS]  # a bounded sample
+            vectors = np.stack([u.vector for u in users])
+            best = (vectors @ self.item_matrix[self.fresh.scored].T).max(axis=1)
+            self.fresh.threshold = score_threshold(best, self.fresh.policy)
 
     # ---------------------------------------------------------- requests
     def check_k(self, k: Any) -> int:
@@ -332,7 +343,8 @@ class Engine:
         else:
             matrix = self.item_matrix if self.two_tower else None
             best = self.fresh.best(reserved, excluded, user, scores, matrix, known)
-            extra = [Scored(i, s) for i, s in zip(*best, strict=True)]
+            bar = self.fresh.threshold  # a weak fresh item does not take a slot
+            extra = [Scored(i, s) for i, s in zip(*best, strict=True) if s >= bar]
         order = self.fresh.merge(head, [s.item for s in extra], k, reserved)
         chosen = {s.item: s for s in extra} | {s.item: s for s in picked}
         return [chosen[i] for i in order]

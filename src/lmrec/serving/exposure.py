@@ -12,6 +12,13 @@ A list that already holds enough fresh items is left as it is. Otherwise the mod
 ``need`` slots, so the warm head of the list never moves. Feedback on those impressions
 reaches the next retraining through ``/feedback``.
 
+A reserved slot costs the list its last warm item, so it is only given where the fresh item
+is a strong candidate: ``min_score_quantile`` q gives it to a fresh item whose score reaches
+the q-quantile, over the model's users, of each user's best fresh-item score
+(``score_threshold``). Text-only scores sit on a lower scale than scores of items with an ID
+embedding, so they are compared with each other, not with the warm items they displace;
+users whose best fresh item is among the strongest get it (q = 0: every list).
+
 The same functions serve the HTTP engine (one list) and the evaluation (a batch of lists),
 so what the benchmark measures is what users get.
 """
@@ -38,14 +45,19 @@ class ExposurePolicy:
         max_age_days: and, when its addition time is known, added at most this long ago
             (None: interactions alone decide).
         min_k: shorter lists get no reserved slot.
+        min_score_quantile: a fresh item takes a reserved slot only with a score at least
+            this quantile of the users' best fresh-item scores (0: always).
     """
 
     slots: int = 1
     max_interactions: int = 1
     max_age_days: float | None = 30.0
     min_k: int = 5
+    min_score_quantile: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.min_score_quantile < 1.0:
+            raise ValueError(f"exposure: min_score_quantile must be in [0, 1): {self}")
         if self.slots < 0 or self.max_interactions < 1 or self.min_k < 1:
             raise ValueError(
                 f"exposure: need slots >= 0, max_interactions >= 1, min_k >= 1: {self}"
@@ -110,8 +122,30 @@ def merge(top: Sequence[int], fresh_top: Sequence[int], k: int, reserved: int, f
     return [i for p, i in enumerate(head) if p not in dropped] + extra
 
 
+def score_threshold(best_fresh: np.ndarray, policy: ExposurePolicy) -> float:
+    """The score a fresh item needs for a reserved slot, from the users' best fresh-item
+    scores (one per user; non-finite values, users without a fresh candidate, ignored)."""
+    values = np.asarray(best_fresh, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if policy.min_score_quantile == 0.0 or not len(values):
+        return -np.inf
+    return float(np.quantile(values, policy.min_score_quantile))
+
+
+def best_fresh_scores(scores: np.ndarray, fresh: np.ndarray) -> np.ndarray:
+    """Each score row's best fresh-item score (``-inf`` without fresh items)."""
+    if not fresh.any():
+        return np.full(len(scores), -np.inf)
+    return np.asarray(scores, dtype=np.float64)[:, fresh].max(axis=1)
+
+
 def apply_to_scores(
-    scores: np.ndarray, excluded: np.ndarray, fresh: np.ndarray, k: int, policy: ExposurePolicy
+    scores: np.ndarray,
+    excluded: np.ndarray,
+    fresh: np.ndarray,
+    k: int,
+    policy: ExposurePolicy,
+    threshold: float = -np.inf,
 ) -> np.ndarray:
     """Top-k lists ``[n, k]`` (``-1`` padded) after the policy, for a batch of score rows.
 
@@ -121,12 +155,16 @@ def apply_to_scores(
         fresh: bool ``[n_items]``.
         k: list length.
         policy: the exposure policy.
+        threshold: the score a fresh item needs for a reserved slot (``score_threshold``).
     """
     top = top_k(scores, k, excluded)
     reserved = policy.reserved(k)
     if reserved == 0 or not fresh.any():
         return top
     fresh_top = top_k(scores, reserved, excluded | ~fresh[None, :])
+    if threshold > -np.inf:  # too weak for a slot: not offered
+        weak = np.take_along_axis(scores, np.maximum(fresh_top, 0), axis=1) < threshold
+        fresh_top = np.where(weak, _PAD, fresh_top)
     out = np.full_like(top, _PAD)
     for row in range(len(top)):
         listed = merge(

@@ -44,6 +44,8 @@ class FreshItems:
         self.members = _Members()
         self.scored = self.recent = np.zeros(0, dtype=np.int64)
         self.until = np.inf
+        #: the score a fresh item needs for a reserved slot (set by the engine)
+        self.threshold = -np.inf
         self.by_user: dict[str, list] = {}
         self._inputs: tuple[np.ndarray, np.ndarray, int] | None = None
 

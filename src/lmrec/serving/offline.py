@@ -19,7 +19,13 @@ import numpy as np
 from lmrec.evaluation import metrics as M
 from lmrec.evaluation.protocol import exclusion_mask, new_item_rows
 from lmrec.features.dataset import SplitData
-from lmrec.serving.exposure import ExposurePolicy, apply_to_scores, list_ranks
+from lmrec.serving.exposure import (
+    ExposurePolicy,
+    apply_to_scores,
+    best_fresh_scores,
+    list_ranks,
+    score_threshold,
+)
 
 _BATCH = 256
 
@@ -46,12 +52,13 @@ def _list_metrics(
     fresh: np.ndarray,
     policy: ExposurePolicy,
     k: int,
+    threshold: float,
 ) -> dict[str, float]:
     """HR/NDCG@k of ``targets`` in the lists the policy serves, and fresh items per list."""
     if len(targets) == 0:
         return {f"hr@{k}": float("nan"), f"ndcg@{k}": float("nan"), "fresh_per_list": 0.0}
     excluded = exclusion_mask(histories, scores.shape[1], keep=targets)
-    lists = apply_to_scores(scores, excluded, fresh, k, policy)
+    lists = apply_to_scores(scores, excluded, fresh, k, policy, threshold)
     ranks = list_ranks(lists, targets, miss=k)
     per_list = float(np.isin(lists, np.flatnonzero(fresh)).sum(axis=1).mean())
     return {
@@ -79,7 +86,9 @@ def served_metrics(
 
     Every row is scored once; each policy only re-cuts the lists. Fresh items are those
     with fewer than the policy's ``max_interactions`` training interactions (the split has
-    no addition times, so the age cut-off does not apply offline).
+    no addition times, so the age cut-off does not apply offline). A policy's score
+    threshold comes from the warm rows (every user's best fresh-item score), as the
+    service takes it from its known users.
 
     Returns:
         One dict per policy: ``slots``, ``max_interactions``, ``overall`` and ``new_items``
@@ -95,12 +104,15 @@ def served_metrics(
     out = []
     for policy in policies:
         fresh = policy.fresh_mask(counts)
-        warm = _list_metrics(warm_scores, targets_all[warm_users], warm_hist, fresh, policy, k)
-        new = _list_metrics(new_scores, new_targets, new_hist, fresh, policy, k)
+        threshold = score_threshold(best_fresh_scores(warm_scores, fresh), policy)
+        args = (fresh, policy, k, threshold)
+        warm = _list_metrics(warm_scores, targets_all[warm_users], warm_hist, *args)
+        new = _list_metrics(new_scores, new_targets, new_hist, *args)
         out.append(
             {
                 "slots": policy.slots,
                 "max_interactions": policy.max_interactions,
+                "min_score_quantile": policy.min_score_quantile,
                 "overall": {**warm, "n_users": len(warm_users)},
                 "new_items": {**new, "n_users": len(new_users)},
             }
