@@ -42,23 +42,29 @@ from lmrec.serving.exposure import ExposurePolicy  # noqa: E402
 from lmrec.serving.offline import served_metrics  # noqa: E402
 
 K = 10
-SLOTS = (0, 1, 2, 3)
+#: (reserved slots, min_score_quantile) settings of the trade-off curve.
+SETTINGS = ((0, 0.0), (1, 0.0), (1, 0.5), (1, 0.6), (1, 0.7), (2, 0.0), (2, 0.6), (3, 0.0))
 
 
 def tradeoff(
     model: Any,
     split: SplitData,
     stage: str,
-    slots: Sequence[int] = SLOTS,
+    settings: Sequence[tuple[int, float]] = SETTINGS,
     max_interactions: int = 1,
 ) -> list[dict[str, Any]]:
-    """One flat row per slot count: warm NDCG@10 and new-item HR/NDCG@10 in served lists."""
+    """One flat row per (slots, min_score_quantile): warm NDCG@10 and new-item HR/NDCG@10
+    in the served lists."""
     policies = [
-        ExposurePolicy(slots=n, max_interactions=max_interactions, max_age_days=None) for n in slots
+        ExposurePolicy(
+            slots=n, max_interactions=max_interactions, max_age_days=None, min_score_quantile=q
+        )
+        for n, q in settings
     ]
     return [
         {
             "slots": r["slots"],
+            "min_score_quantile": r["min_score_quantile"],
             "max_interactions": r["max_interactions"],
             "warm_ndcg@10": r["overall"]["ndcg@10"],
             "warm_hr@10": r["overall"]["hr@10"],
@@ -86,7 +92,8 @@ def markdown(rows: list[dict[str, Any]], stage: str, facts: dict[str, Any]) -> s
     """Mean ± std over seeds per (id_dropout, slots)."""
     groups: dict[tuple[float, int], list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault((row["id_dropout"], row["slots"]), []).append(row)
+        key = (row["id_dropout"], row["slots"], row.get("min_score_quantile", 0.0))
+        groups.setdefault(key, []).append(row)
     lines = [
         f"# New items: ID dropout × exposure slots ({stage} stage, MovieLens-100K new arrivals)",
         "",
@@ -95,12 +102,12 @@ def markdown(rows: list[dict[str, Any]], stage: str, facts: dict[str, Any]) -> s
         f"{facts['date']}. Lists of 10 after the serving policy; new items ranked against the "
         "whole catalog.",
         "",
-        "| id_dropout | slots | seeds | warm NDCG@10 | new-item HR@10 | new-item NDCG@10 "
-        "| fresh/list |",
-        "|---|---|---|---|---|---|---|",
+        "| id_dropout | slots | score quantile | seeds | warm NDCG@10 | new-item HR@10 "
+        "| new-item NDCG@10 | fresh/list |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for (dropout, slots), group in sorted(groups.items()):
-        cells = [f"{dropout:g}", str(slots), str(len(group))]
+    for (dropout, slots, quantile), group in sorted(groups.items()):
+        cells = [f"{dropout:g}", str(slots), f"{quantile:g}", str(len(group))]
         for key in ("warm_ndcg@10", "new_hr@10", "new_ndcg@10", "fresh_per_list"):
             values = np.array([r[key] for r in group])
             std = values.std(ddof=1) if len(values) > 1 else 0.0
