@@ -15,7 +15,6 @@ blanks and repeats dropped.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +23,13 @@ import numpy as np
 
 from lmrec.data.feedback import ITEM_FIELDS, ITEMS_SCHEMA, ITEMS_TABLE, items_query, latest_items
 from lmrec.features.text import assemble
+from lmrec.serving.feedback import open_durable
 
 MAX_ID_CHARS = 256
 MAX_TITLE_CHARS = 1_000
 MAX_TEXT_CHARS = 20_000
 MAX_CATEGORIES = 50
 MAX_CATEGORY_CHARS = 100
-BUSY_TIMEOUT_S = 30.0
 
 
 def _string(name: str, value: object, limit: int, required: bool) -> str:
@@ -115,21 +114,8 @@ class ItemStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        conn = sqlite3.connect(
-            self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-        )
-        try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                raise sqlite3.OperationalError(f"{self.path}: WAL mode unavailable (got {mode})")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.executescript(ITEMS_SCHEMA)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
+        self._conn = open_durable(self.path, ITEMS_SCHEMA)
 
     def append(
         self, item: NewItem, added_at: float, encoder: str | None, embedding: np.ndarray | None

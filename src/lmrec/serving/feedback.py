@@ -70,6 +70,30 @@ class FeedbackEvent:
             raise ValueError(f"timestamp must be a finite unix time, got {self.timestamp!r}")
 
 
+def open_durable(path: Path, schema: str) -> sqlite3.Connection:
+    """A connection to ``path`` in WAL mode with ``synchronous=FULL`` and ``schema`` applied
+    (folder and tables created when missing). Autocommit (``isolation_level=None``): a lone
+    INSERT is its own durable transaction.
+
+    Raises:
+        sqlite3.OperationalError: the file cannot be opened or WAL mode is unavailable.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(
+        path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+    )
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise sqlite3.OperationalError(f"{path}: WAL mode unavailable (got {mode})")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.executescript(schema)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 class FeedbackStore:
     """An append-only SQLite log of :class:`FeedbackEvent` (no update or delete API;
     triggers refuse both at the database level too).
@@ -83,22 +107,8 @@ class FeedbackStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        # Autocommit (isolation_level=None): a lone INSERT is its own durable transaction.
-        conn = sqlite3.connect(
-            self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-        )
-        try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                raise sqlite3.OperationalError(f"{self.path}: WAL mode unavailable (got {mode})")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.executescript(SCHEMA)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn: sqlite3.Connection | None = conn
+        self._conn: sqlite3.Connection | None = open_durable(self.path, SCHEMA)
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
