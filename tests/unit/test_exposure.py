@@ -71,3 +71,14 @@ def test_a_score_threshold_withholds_the_slot_from_weak_fresh_items():
     lists = apply_to_scores(scores, np.zeros((2, 20), dtype=bool), FRESH, 5, policy, threshold)
     assert lists.tolist() == [[0, 1, 2, 3, 4], [0, 15, 1, 2, 3]]
     assert score_threshold(np.array([1.0, 2.0]), ExposurePolicy()) == -np.inf
+
+
+def test_the_params_block_and_the_policy_name_the_same_settings():
+    """``serve.exposure`` is passed whole (``ExposurePolicy(**block.model_dump())``) by the
+    engine and the evaluate stage: a setting added to one must exist in the other."""
+    import dataclasses
+
+    from lmrec.config import ExposureParams
+
+    fields = {f.name: f.default for f in dataclasses.fields(ExposurePolicy)}
+    assert fields == ExposureParams().model_dump()

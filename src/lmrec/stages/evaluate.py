@@ -66,13 +66,7 @@ def _protocol(scorer: Any, split: SplitData, params: Params, emb: np.ndarray) ->
     """The protocol on the raw ranking, plus ``served``: the lists after ``serve.exposure``."""
     cfg = params.evaluate
     results = _raw_protocol(scorer, split, params, emb)
-    exposure = params.serve.exposure
-    policy = ExposurePolicy(
-        slots=exposure.slots,
-        max_interactions=exposure.max_interactions,
-        max_age_days=exposure.max_age_days,
-        min_k=exposure.min_k,
-    )
+    policy = ExposurePolicy(**params.serve.exposure.model_dump())
     served = served_metrics(scorer, split, [policy], cfg.stage, cfg.k)[0]
     results["served"] = {"overall": served["overall"], "new_items": served["new_items"]}
     return results
