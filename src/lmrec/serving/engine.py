@@ -14,7 +14,9 @@
 New-item exposure (``serve.exposure``): on every path, once the list is chosen, its last
 ``policy.reserved(k)`` slots go to the best fresh items (``lmrec.serving.exposure``,
 ``lmrec.serving.fresh``) unless it already holds that many: the model's best for the user,
-or on the cold-start path (no user to score for) the most recently added first.
+or on the cold-start path (no user to score for) the most recently added first. On the
+model path a fresh item needs a score of at least ``fresh.threshold`` (the
+``min_score_quantile`` of the known users' best fresh-item scores, set in ``set_fresh``).
 Items join at serving time through ``lmrec.serving.new_items`` (``POST /items``);
 ``model_items`` is the size of the catalog the model was trained on.
 
