@@ -15,35 +15,43 @@ computed once per user and then averaged overall and over slices:
 * ``short_history``: users with at most ``short_history_max`` training interactions.
 * ``long_tail``: users whose target is not a head item (``metrics.head_items``).
 
-``aggregate_seeds`` turns one result per seed into mean, spread and count.
+The two item slices live in ``item_slices``; what every pass shares (the ``Scorer``
+protocol, history exclusion, batched scoring) in ``ranking``. ``aggregate_seeds`` turns one
+result per seed into mean, spread and count.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from lmrec.evaluation import metrics as M
+from lmrec.evaluation.item_slices import cold_item_slice, new_item_rows, new_item_slice
+from lmrec.evaluation.ranking import (
+    STAGES,
+    Scorer,
+    batches,
+    exclusion_mask,
+    stage_targets,
+    train_counts,
+)
 from lmrec.features.dataset import SplitData
 
-STAGES = ("val", "test")
-
-
-class Scorer(Protocol):
-    """Anything that scores every catalog item for a batch of user histories.
-
-    A scorer that keeps per-user state (a factorisation model's user factors) may also
-    define ``score_users(users, histories)``; the protocol then calls it with the user
-    indices alongside their histories.
-    """
-
-    def score(self, histories: Sequence[np.ndarray]) -> np.ndarray:
-        """Return float scores ``[len(histories), n_items]``, higher is better."""
-        ...
+__all__ = [
+    "STAGES",
+    "Scorer",
+    "aggregate_seeds",
+    "cold_item_slice",
+    "evaluate",
+    "evaluate_protocol",
+    "exclusion_mask",
+    "new_item_rows",
+    "new_item_slice",
+]
 
 
 @dataclass(frozen=True)
@@ -57,85 +65,12 @@ class _Ranked:
     top: np.ndarray
 
 
-def exclusion_mask(
-    histories: Sequence[np.ndarray], n_items: int, keep: np.ndarray | None = None
-) -> np.ndarray:
-    """Boolean ``[n, n_items]`` mask, True for items in each user's history.
-
-    Args:
-        histories: per user, the item indices seen so far.
-        n_items: catalog size.
-        keep: optional int ``[n]`` or ``[n, m]`` (``-1`` padded) of items to leave
-            unexcluded even when they are in the history (the targets).
-
-    Returns:
-        The mask.
-    """
-    mask = np.zeros((len(histories), n_items), dtype=bool)
-    lengths = [len(h) for h in histories]
-    if sum(lengths):
-        cols = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories])
-        if cols.min() < 0 or cols.max() >= n_items:
-            raise ValueError(f"history item index outside [0, {n_items})")
-        mask[np.repeat(np.arange(len(histories)), lengths), cols] = True
-    if keep is not None:
-        _unexclude(mask, keep)
-    return mask
-
-
-def _unexclude(mask: np.ndarray, keep: np.ndarray) -> None:
-    """Clear ``mask`` in place at the items of ``keep`` (``[n]`` or ``-1``-padded ``[n, m]``)."""
-    keep = np.asarray(keep, dtype=np.int64).reshape(mask.shape[0], -1)
-    rows, slots = np.nonzero(keep >= 0)
-    mask[rows, keep[rows, slots]] = False
-
-
-def _batches(
-    model: Scorer,
-    split: SplitData,
-    users: np.ndarray,
-    stage: str,
-    batch_size: int,
-    histories_of: Sequence[np.ndarray] | None = None,
-) -> Iterator[tuple[np.ndarray, list[np.ndarray], np.ndarray]]:
-    """Yield (users, histories, scores) for consecutive batches of users.
-
-    The histories are ``split.history_for(user, stage)`` unless ``histories_of`` gives one
-    per entry of ``users``.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    for start in range(0, len(users), batch_size):
-        batch = users[start : start + batch_size]
-        if histories_of is None:
-            histories = [split.history_for(int(u), stage) for u in batch]
-        else:
-            histories = list(histories_of[start : start + batch_size])
-        score_users = getattr(model, "score_users", None)
-        if score_users is not None:
-            scores = np.asarray(score_users(batch, histories))
-        else:
-            scores = np.asarray(model.score(histories))
-        if scores.shape != (len(batch), split.n_items):
-            raise ValueError(
-                f"model.score returned shape {scores.shape}, "
-                f"expected ({len(batch)}, {split.n_items})"
-            )
-        yield batch, histories, scores
-
-
-def _stage_targets(split: SplitData, stage: str) -> np.ndarray:
-    if stage not in STAGES:
-        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-    return split.test_items if stage == "test" else split.val_items
-
-
 def _rank_users(model: Scorer, split: SplitData, stage: str, k: int, batch_size: int) -> _Ranked:
     """Score every user with a target for ``stage``; keep ranks and top-k lists."""
-    all_targets = np.asarray(_stage_targets(split, stage), dtype=np.int64)
+    all_targets = np.asarray(stage_targets(split, stage), dtype=np.int64)
     users = np.flatnonzero(all_targets >= 0)
     ranks, nonfinite, tops = [], [], []
-    for batch, histories, scores in _batches(model, split, users, stage, batch_size):
+    for batch, histories, scores in batches(model, split, users, stage, batch_size):
         targets = all_targets[batch]
         excluded = exclusion_mask(histories, split.n_items, keep=targets)
         result = M.target_ranks(scores, targets, excluded)
@@ -149,19 +84,6 @@ def _rank_users(model: Scorer, split: SplitData, stage: str, k: int, batch_size:
         nonfinite=np.concatenate(nonfinite) if nonfinite else np.zeros(0, dtype=bool),
         top=np.concatenate(tops) if tops else np.zeros((0, k), dtype=np.int64),
     )
-
-
-def _train_counts(split: SplitData) -> np.ndarray:
-    counts = np.zeros(split.n_items, dtype=np.float64)
-    counts[split.items["item_idx"].to_numpy(dtype=np.int64)] = split.items["n_train"].to_numpy()
-    return counts
-
-
-def _cold_mask(split: SplitData) -> np.ndarray:
-    cold = np.zeros(split.n_items, dtype=bool)
-    idx = split.items["item_idx"].to_numpy(dtype=np.int64)
-    cold[idx] = split.items["is_cold"].to_numpy(dtype=bool)
-    return cold
 
 
 def _summarise(
@@ -192,101 +114,6 @@ def _summarise(
     return out
 
 
-def cold_item_slice(
-    model: Scorer, split: SplitData, stage: str = "test", k: int = 10, batch_size: int = 256
-) -> dict[str, float]:
-    """Rank only the cold items for each user of ``split.cold``; relevant = its cold items.
-
-    Returns:
-        ``hr@k`` (any cold item hit), ``ndcg@k``, ``recall@k``, ``n_users``, ``n_items``
-        (the cold catalog size) and ``n_nonfinite``.
-    """
-    _stage_targets(split, stage)
-    not_cold = ~_cold_mask(split)
-    by_user = split.cold.groupby("user_idx")["item_idx"].apply(np.asarray)
-    users = by_user.index.to_numpy(dtype=np.int64)
-    per_user, nonfinite = [], 0
-    for batch, histories, scores in _batches(model, split, users, stage, batch_size):
-        relevant = [by_user[u] for u in batch]
-        excluded = exclusion_mask(histories, split.n_items) | not_cold[None, :]
-        _unexclude(excluded, M.pad_items(relevant))  # never exclude what is being ranked
-        result = M.relevant_ranks(scores, relevant, excluded)
-        per_user.extend(row[row >= 0] for row in result.ranks)
-        nonfinite += result.n_nonfinite
-    ranks = M.pad_items(per_user)
-    return {
-        f"hr@{k}": M.hit_rate(ranks, k),
-        f"ndcg@{k}": M.ndcg(ranks, k),
-        f"recall@{k}": M.recall_at_k(ranks, k),
-        "n_users": len(users),
-        "n_items": int((~not_cold).sum()),
-        "n_nonfinite": nonfinite,
-    }
-
-
-def new_item_rows(split: SplitData, stage: str) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """The ``new_items`` slice's rows: (users, target items, histories), one per user.
-
-    The test row of a user with cold-slice interactions is their latest one (by timestamp,
-    then item index); the validation row is their earliest, for users with at least two
-    (so the rows differ). The history is the user's training items up to the target's time.
-    """
-    _stage_targets(split, stage)
-    cold = split.cold
-    if "timestamp" not in cold:  # a split without event times: the whole training history
-        cold = cold.assign(timestamp=np.iinfo(np.int64).max)
-    cold = cold.sort_values(["user_idx", "timestamp", "item_idx"], kind="stable")
-    grouped = cold.groupby("user_idx", sort=True)
-    if stage == "test":
-        rows = cold[grouped.cumcount(ascending=False) == 0]
-    else:
-        rows = cold[(grouped.cumcount() == 0) & (grouped["item_idx"].transform("size") > 1)]
-    users = rows["user_idx"].to_numpy(dtype=np.int64)
-    targets = rows["item_idx"].to_numpy(dtype=np.int64)
-    histories = []
-    for user, when in zip(users, rows["timestamp"].to_numpy(dtype=np.int64), strict=True):
-        times = split.train_times[user]
-        histories.append(split.train[user][: int(np.searchsorted(times, when, side="right"))])
-    return users, targets, histories
-
-
-def new_item_slice(
-    model: Scorer, split: SplitData, stage: str = "test", k: int = 10, batch_size: int = 256
-) -> dict[str, float]:
-    """HR/NDCG/MRR@k of the ``new_items`` rows (``new_item_rows``), full-catalog ranking.
-
-    Every catalog item is a candidate except the row's history; the target has no training
-    interactions, so a model must rank it from its content alone against warm items. A
-    scorer of fixed per-user rows (``score_rows(users)``: benchmark peers) is given its rows.
-
-    Returns:
-        ``hr@k``, ``ndcg@k``, ``mrr@k``, ``n_users`` (rows), ``n_items`` (items without
-        training interactions) and ``n_nonfinite``.
-    """
-    users, targets, histories = new_item_rows(split, stage)
-    ranks, nonfinite = [], 0
-    rows_of = getattr(model, "score_rows", None)
-    for start in range(0, len(users), max(batch_size, 1)):
-        batch, hist = users[start : start + batch_size], histories[start : start + batch_size]
-        if rows_of is not None:
-            scores = np.asarray(rows_of(batch))
-        else:
-            _, _, scores = next(_batches(model, split, batch, stage, len(batch), hist))
-        target = targets[start : start + len(batch)]
-        result = M.target_ranks(scores, target, exclusion_mask(hist, split.n_items, keep=target))
-        ranks.append(result.ranks)
-        nonfinite += result.n_nonfinite
-    ranks_all = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
-    return {
-        f"hr@{k}": M.hit_rate(ranks_all, k),
-        f"ndcg@{k}": M.ndcg(ranks_all, k),
-        f"mrr@{k}": M.mrr(ranks_all, k),
-        "n_users": len(users),
-        "n_items": int((_train_counts(split) == 0).sum()),
-        "n_nonfinite": nonfinite,
-    }
-
-
 def _user_groups(
     model: Scorer,
     split: SplitData,
@@ -304,7 +131,7 @@ def _user_groups(
         (metrics per group, every user's top-k items, training counts per item).
     """
     ranked = _rank_users(model, split, stage, k, batch_size)
-    counts = _train_counts(split)
+    counts = train_counts(split)
     head = M.head_items(counts, head_share)
     train_len = np.array([len(split.train[u]) for u in ranked.users], dtype=np.int64)
     groups = {

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from lmrec.evaluation import metrics as M
-from lmrec.evaluation.protocol import exclusion_mask, new_item_rows
+from lmrec.evaluation.item_slices import new_item_rows
+from lmrec.evaluation.ranking import exclusion_mask
 from lmrec.features.dataset import SplitData
 from lmrec.serving.exposure import (
     ExposurePolicy,
