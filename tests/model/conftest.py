@@ -142,6 +142,27 @@ def make_planted(
     return Planted(split=split, groups=groups, cold_items=cold)
 
 
+def make_cold_planted(per_group: int) -> Planted:
+    """The planted walks plus ``per_group`` never-trained items per group, text-wise in it:
+    ``groups`` lists each group's warm items followed by its cold ones, so the stand-in text
+    embeddings put a cold item next to its group's warm items."""
+    base = make_planted(n_cold=0)
+    n_warm = base.split.n_items
+    cold = np.arange(n_warm, n_warm + per_group * len(base.groups))
+    groups = [
+        np.concatenate([group, cold[g * per_group : (g + 1) * per_group]])
+        for g, group in enumerate(base.groups)
+    ]
+    split = make_split(
+        base.split.train,
+        n_warm + len(cold),
+        val=base.split.val_items,
+        test=base.split.test_items,
+        cold_items=cold,
+    )
+    return Planted(split=split, groups=groups, cold_items=cold)
+
+
 def hit_rate(model: Recommender, split: SplitData, k: int = 10) -> tuple[float, float]:
     """HR@k of the test item given the test-time history, and the same for a random ranker."""
     hits, chance = [], []

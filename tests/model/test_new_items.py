@@ -14,7 +14,7 @@ from lmrec.models.popularity import PopularityRecommender
 from lmrec.serving.exposure import ExposurePolicy
 from lmrec.serving.offline import served_metrics
 
-from .conftest import Planted, make_planted, make_split, tiny_sequential
+from .conftest import Planted, make_cold_planted, tiny_sequential
 
 COLD_PER_GROUP = 3
 
@@ -23,27 +23,15 @@ COLD_PER_GROUP = 3
 def planted_new() -> Planted:
     """The planted walks plus never-trained items, ``COLD_PER_GROUP`` per group whose stand-in
     text sits in the group; every user's cold interaction is one of their own group's."""
-    base = make_planted(n_cold=0)
-    n_warm, n_groups = base.split.n_items, len(base.groups)
-    cold = np.arange(n_warm, n_warm + COLD_PER_GROUP * n_groups)
-    groups = [
-        np.concatenate([g, cold[i * COLD_PER_GROUP : (i + 1) * COLD_PER_GROUP]])
-        for i, g in enumerate(base.groups)
-    ]
-    split = make_split(
-        base.split.train,
-        n_warm + len(cold),
-        val=base.split.val_items,
-        test=base.split.test_items,
-        cold_items=cold,
-    )
+    planted = make_cold_planted(COLD_PER_GROUP)
+    split, groups, n_groups = planted.split, planted.groups, len(planted.groups)
     rng = np.random.default_rng(5)
     rows = [
         (u, int(rng.choice(groups[u % n_groups][-COLD_PER_GROUP:])), len(split.train[u]))
         for u in range(split.n_users)
     ]
     cold_df = pd.DataFrame(rows, columns=["user_idx", "item_idx", "timestamp"])
-    return Planted(dataclasses.replace(split, cold=cold_df), groups, cold)
+    return Planted(dataclasses.replace(split, cold=cold_df), groups, planted.cold_items)
 
 
 def test_text_only_items_win_full_catalog_slots(planted_new: Planted) -> None:

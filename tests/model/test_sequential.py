@@ -23,7 +23,7 @@ from lmrec.models.sequential import (
 from lmrec.models.sequential_loss import smoothed_cross_entropy as _cross_entropy
 from lmrec.models.sequential_net import BOS, PAD
 
-from .conftest import Planted, hit_rate, make_planted, make_split, tiny_sequential
+from .conftest import Planted, hit_rate, make_cold_planted, tiny_sequential
 
 COLD_PER_GROUP = 3
 
@@ -35,26 +35,8 @@ def model(planted: Planted) -> SequentialRecommender:
 
 @pytest.fixture(scope="module")
 def cold_planted() -> Planted:
-    """The planted walks plus ``COLD_PER_GROUP`` never-seen items per group, text-wise in it.
-
-    ``groups`` lists each group's warm items followed by its cold ones, so the stand-in text
-    embeddings put a cold item next to its group's warm items.
-    """
-    base = make_planted(n_cold=0)
-    n_warm = base.split.n_items
-    cold = np.arange(n_warm, n_warm + COLD_PER_GROUP * len(base.groups))
-    groups = [
-        np.concatenate([group, cold[g * COLD_PER_GROUP : (g + 1) * COLD_PER_GROUP]])
-        for g, group in enumerate(base.groups)
-    ]
-    split = make_split(
-        base.split.train,
-        n_warm + len(cold),
-        val=base.split.val_items,
-        test=base.split.test_items,
-        cold_items=cold,
-    )
-    return Planted(split=split, groups=groups, cold_items=cold)
+    """The planted walks plus ``COLD_PER_GROUP`` never-seen items per group, text-wise in it."""
+    return make_cold_planted(COLD_PER_GROUP)
 
 
 def test_beats_popularity(model: SequentialRecommender, planted: Planted) -> None:

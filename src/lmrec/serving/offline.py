@@ -18,7 +18,7 @@ import numpy as np
 
 from lmrec.evaluation import metrics as M
 from lmrec.evaluation.item_slices import new_item_rows
-from lmrec.evaluation.ranking import exclusion_mask
+from lmrec.evaluation.ranking import batches, exclusion_mask, train_counts
 from lmrec.features.dataset import SplitData
 from lmrec.serving.exposure import (
     ExposurePolicy,
@@ -31,19 +31,13 @@ from lmrec.serving.exposure import (
 _BATCH = 256
 
 
-def _score(model: Any, histories: Sequence[np.ndarray], users: np.ndarray) -> np.ndarray:
-    """Score rows for these histories (scorers of fixed per-user rows: their rows)."""
+def _score(model: Any, split: SplitData, stage: str, users: np.ndarray, histories) -> np.ndarray:
+    """Score rows for these histories, as the protocol scores them (``ranking.batches``);
+    scorers of fixed per-user rows (``score_rows``: benchmark peers) give their rows."""
     if hasattr(model, "score_rows"):
         return np.asarray(model.score_rows(users), dtype=np.float64)
-    score_users = getattr(model, "score_users", None)
-    out = []
-    for start in range(0, len(histories), _BATCH):
-        chunk = list(histories[start : start + _BATCH])
-        if score_users is not None:
-            out.append(np.asarray(score_users(users[start : start + _BATCH], chunk)))
-        else:
-            out.append(np.asarray(model.score(chunk)))
-    return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 0))
+    rows = [s for _, _, s in batches(model, split, users, stage, _BATCH, histories)]
+    return np.concatenate(rows).astype(np.float64) if rows else np.zeros((0, split.n_items))
 
 
 def _list_metrics(
@@ -69,13 +63,6 @@ def _list_metrics(
     }
 
 
-def item_interactions(split: SplitData) -> np.ndarray:
-    """Training interactions per item index."""
-    counts = np.zeros(split.n_items, dtype=np.int64)
-    counts[split.items["item_idx"].to_numpy(dtype=np.int64)] = split.items["n_train"].to_numpy()
-    return counts
-
-
 def served_metrics(
     model: Any,
     split: SplitData,
@@ -99,9 +86,9 @@ def served_metrics(
     warm_users = np.flatnonzero(targets_all >= 0)
     warm_hist = [split.history_for(int(u), stage) for u in warm_users]
     new_users, new_targets, new_hist = new_item_rows(split, stage)
-    warm_scores = _score(model, warm_hist, warm_users)
-    new_scores = _score(model, new_hist, new_users)
-    counts = item_interactions(split)
+    warm_scores = _score(model, split, stage, warm_users, warm_hist)
+    new_scores = _score(model, split, stage, new_users, new_hist)
+    counts = train_counts(split)
     out = []
     for policy in policies:
         fresh = policy.fresh_mask(counts)
