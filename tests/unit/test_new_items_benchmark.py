@@ -4,10 +4,6 @@ fresh items in every list without moving the warm head."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,20 +11,14 @@ import pytest
 from lmrec.evaluation.protocol import evaluate_protocol
 from lmrec.features.dataset import SplitData
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "new_items.py"
+from .conftest import load_benchmark
+
 N_USERS, N_ITEMS, N_COLD = 60, 40, 6
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("new_items_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
+    yield from load_benchmark("new_items")
 
 
 @pytest.fixture(scope="module")

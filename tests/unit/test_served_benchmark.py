@@ -4,8 +4,6 @@ so the peer fitted on that split's test stage sees exactly the events the pipeli
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,20 +13,14 @@ import pytest
 from lmrec.config import load_params
 from lmrec.features import split as splitting
 
+from .conftest import load_benchmark
+
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "served.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("served_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
+    yield from load_benchmark("served")
 
 
 def test_the_held_out_event_is_the_splits_test_item(bench):
