@@ -42,29 +42,56 @@ from lmrec.serving.exposure import ExposurePolicy  # noqa: E402
 from lmrec.serving.offline import served_metrics  # noqa: E402
 
 K = 10
-#: (reserved slots, min_score_quantile) settings of the trade-off curve.
-SETTINGS = ((0, 0.0), (1, 0.0), (1, 0.5), (1, 0.6), (1, 0.7), (2, 0.0), (2, 0.6), (3, 0.0))
+#: (reserved slots, min_score_quantile, text_weight) settings of the trade-off curve.
+SETTINGS = (
+    (0, 0.0, 0.0),
+    (1, 0.0, 0.0),
+    (1, 0.5, 0.0),
+    (1, 0.6, 0.0),
+    (1, 0.0, 0.25),
+    (1, 0.5, 0.25),
+    (1, 0.6, 0.25),
+    (1, 0.7, 0.25),
+    (1, 0.6, 0.5),
+    (2, 0.0, 0.0),
+    (2, 0.6, 0.0),
+    (2, 0.6, 0.25),
+    (3, 0.0, 0.0),
+)
+
+
+def unit_text(embeddings: np.ndarray) -> np.ndarray:
+    """Unit-length item text vectors (the exposure policy's text affinity)."""
+    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+    return (embeddings / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 def tradeoff(
     model: Any,
     split: SplitData,
     stage: str,
-    settings: Sequence[tuple[int, float]] = SETTINGS,
+    settings: Sequence[tuple[int, float, float]] = SETTINGS,
     max_interactions: int = 1,
+    text: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
-    """One flat row per (slots, min_score_quantile): warm NDCG@10 and new-item HR/NDCG@10
-    in the served lists."""
+    """One flat row per (slots, min_score_quantile, text_weight): warm NDCG@10 and new-item
+    HR/NDCG@10 in the served lists. ``text``: unit item text vectors (``unit_text``), needed
+    by settings with a text weight."""
     policies = [
         ExposurePolicy(
-            slots=n, max_interactions=max_interactions, max_age_days=None, min_score_quantile=q
+            slots=n,
+            max_interactions=max_interactions,
+            max_age_days=None,
+            min_score_quantile=q,
+            text_weight=w,
         )
-        for n, q in settings
+        for n, q, w in settings
     ]
     return [
         {
             "slots": r["slots"],
             "min_score_quantile": r["min_score_quantile"],
+            "text_weight": r["text_weight"],
             "max_interactions": r["max_interactions"],
             "warm_ndcg@10": r["overall"]["ndcg@10"],
             "warm_hr@10": r["overall"]["hr@10"],
@@ -74,7 +101,7 @@ def tradeoff(
             "n_warm": r["overall"]["n_users"],
             "n_new": r["new_items"]["n_users"],
         }
-        for r in served_metrics(model, split, policies, stage, K)
+        for r in served_metrics(model, split, policies, stage, K, text)
     ]
 
 
@@ -89,10 +116,15 @@ def train_lmrec(split, embeddings, params, seed: int, id_dropout: float):
 
 
 def markdown(rows: list[dict[str, Any]], stage: str, facts: dict[str, Any]) -> str:
-    """Mean ± std over seeds per (id_dropout, slots)."""
-    groups: dict[tuple[float, int], list[dict[str, Any]]] = {}
+    """Mean ± std over seeds per (id_dropout, slots, score quantile, text weight)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
-        key = (row["id_dropout"], row["slots"], row.get("min_score_quantile", 0.0))
+        key = (
+            row["id_dropout"],
+            row["slots"],
+            row.get("min_score_quantile", 0.0),
+            row.get("text_weight", 0.0),
+        )
         groups.setdefault(key, []).append(row)
     lines = [
         f"# New items: ID dropout × exposure slots ({stage} stage, MovieLens-100K new arrivals)",
@@ -102,12 +134,12 @@ def markdown(rows: list[dict[str, Any]], stage: str, facts: dict[str, Any]) -> s
         f"{facts['date']}. Lists of 10 after the serving policy; new items ranked against the "
         "whole catalog.",
         "",
-        "| id_dropout | slots | score quantile | seeds | warm NDCG@10 | new-item HR@10 "
-        "| new-item NDCG@10 | fresh/list |",
-        "|---|---|---|---|---|---|---|---|",
+        "| id_dropout | slots | score quantile | text weight | seeds | warm NDCG@10 "
+        "| new-item HR@10 | new-item NDCG@10 | fresh/list |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for (dropout, slots, quantile), group in sorted(groups.items()):
-        cells = [f"{dropout:g}", str(slots), f"{quantile:g}", str(len(group))]
+    for (dropout, slots, quantile, weight), group in sorted(groups.items()):
+        cells = [f"{dropout:g}", str(slots), f"{quantile:g}", f"{weight:g}", str(len(group))]
         for key in ("warm_ndcg@10", "new_hr@10", "new_ndcg@10", "fresh_per_list"):
             values = np.array([r[key] for r in group])
             std = values.std(ddof=1) if len(values) > 1 else 0.0
@@ -116,6 +148,21 @@ def markdown(rows: list[dict[str, Any]], stage: str, facts: dict[str, Any]) -> s
             )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _models(args, split, embeddings, params):
+    """(id_dropout, seed, model, fit facts) per model judged: trained, or ``--models``."""
+    if args.models:
+        from lmrec.models.registry import load_model
+
+        for seed, path in enumerate(args.models):
+            yield args.id_dropout[0], seed, load_model(path), {"model_dir": str(path)}
+        return
+    for dropout in args.id_dropout:
+        for seed in args.seeds:
+            result = train_lmrec(split, embeddings, params, seed, dropout)
+            fit = {"fit_seconds": result.seconds, "best_epoch": result.best_epoch + 1}
+            yield dropout, seed, result.model, fit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results")
+    parser.add_argument(
+        "--models",
+        type=Path,
+        nargs="+",
+        help="judge these saved model directories (config.json + weights.safetensors, "
+        "trained with ID dropout --id-dropout[0]) instead of training one per seed",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from lmrec.stages.embed import load_embeddings
@@ -137,21 +191,15 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params(args.workspace / "params.yaml")
     args.out.mkdir(parents=True, exist_ok=True)
     jsonl = args.out / f"new_items_{args.stage}.jsonl"
+    text = unit_text(embeddings)
     rows: list[dict[str, Any]] = []
-    for dropout in args.id_dropout:
-        for seed in args.seeds:
-            result = train_lmrec(split, embeddings, params, seed, dropout)
-            for row in tradeoff(result.model, split, args.stage):
-                row.update(
-                    id_dropout=dropout,
-                    seed=seed,
-                    fit_seconds=result.seconds,
-                    best_epoch=result.best_epoch + 1,
-                )
-                rows.append(row)
-                with jsonl.open("a") as fh:
-                    fh.write(json.dumps(row) + "\n")
-            print(f"id_dropout {dropout} seed {seed}: {rows[-4:]}", flush=True)
+    for dropout, seed, model, fit in _models(args, split, embeddings, params):
+        for row in tradeoff(model, split, args.stage, text=text):
+            row.update(id_dropout=dropout, seed=seed, **fit)
+            rows.append(row)
+            with jsonl.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+        print(f"id_dropout {dropout} seed {seed}: {rows[-1]}", flush=True)
     facts = {
         "users": split.n_users,
         "items": split.n_items,

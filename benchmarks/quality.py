@@ -36,7 +36,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.new_items import SETTINGS, tradeoff  # noqa: E402
+from benchmarks.new_items import SETTINGS, tradeoff, unit_text  # noqa: E402
 from benchmarks.peers import PEER_MODULES, evaluate_peer, get_peer  # noqa: E402
 
 from lmrec.config import load_params  # noqa: E402
@@ -112,16 +112,17 @@ def run_lmrec(
     served path: the same lists after the serving exposure policy (``serve.exposure``)."""
     runs, extra = [], {"best_epochs": [], "epochs_run": [], "tradeoff": []}
     exposure = params.serve.exposure
-    default = (exposure.slots, exposure.min_score_quantile)
+    default = (exposure.slots, exposure.min_score_quantile, exposure.text_weight)
     settings = sorted({*SETTINGS, default})
+    text = unit_text(embeddings)
     for seed in seeds:
         cfg = params.train.model_copy(update={"seed": seed})
         with tempfile.TemporaryDirectory(prefix="lmrec-bench-") as tmp:
             result = train_sequential(split, embeddings, cfg, Path(tmp), progress=False)
         test = evaluate_protocol(result.model, split, "test")
         runs.append(_row(test, result.seconds))
-        curve = tradeoff(result.model, split, "test", settings, exposure.max_interactions)
-        served = next(r for r in curve if (r["slots"], r["min_score_quantile"]) == default)
+        curve = tradeoff(result.model, split, "test", settings, exposure.max_interactions, text)
+        served = next(r for r in curve if _setting(r) == default)
         runs[-1].update(served_ndcg=served["warm_ndcg@10"], served_new_hr=served["new_hr@10"])
         extra["tradeoff"] += [{**r, "seed": seed} for r in curve]
         extra["best_epochs"].append(result.best_epoch + 1)
@@ -211,20 +212,25 @@ def checks(
     return out
 
 
-def tradeoff_markdown(curve: list[dict[str, Any]], default: tuple[int, float]) -> list[str]:
-    """The exposure trade-off: mean ± std over seeds per (slots, score quantile)."""
+def _setting(row: dict[str, Any]) -> tuple[int, float, float]:
+    return row["slots"], row["min_score_quantile"], row.get("text_weight", 0.0)
+
+
+def tradeoff_markdown(curve: list[dict[str, Any]], default: tuple[int, float, float]) -> list[str]:
+    """The exposure trade-off: mean ± std over seeds per (slots, score quantile, text
+    weight)."""
     lines = [
         "",
         "Exposure trade-off (lmrec, test stage, lists of 10 after `serve.exposure`; default "
-        f"slots {default[0]}, min_score_quantile {default[1]:g}):",
+        f"slots {default[0]}, min_score_quantile {default[1]:g}, text_weight {default[2]:g}):",
         "",
-        "| slots | score quantile | warm NDCG@10 | warm HR@10 | new-item HR@10 "
+        "| slots | score quantile | text weight | warm NDCG@10 | warm HR@10 | new-item HR@10 "
         "| new-item NDCG@10 | fresh/list |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for setting in sorted({(r["slots"], r["min_score_quantile"]) for r in curve}):
-        group = [r for r in curve if (r["slots"], r["min_score_quantile"]) == setting]
-        cells = [str(setting[0]), f"{setting[1]:g}"]
+    for setting in sorted({_setting(r) for r in curve}):
+        group = [r for r in curve if _setting(r) == setting]
+        cells = [str(setting[0]), f"{setting[1]:g}", f"{setting[2]:g}"]
         for key in ("warm_ndcg@10", "warm_hr@10", "new_hr@10", "new_ndcg@10", "fresh_per_list"):
             values = np.array([r[key] for r in group], dtype=np.float64)
             std = values.std(ddof=1) if len(values) > 1 else 0.0
@@ -275,7 +281,11 @@ def markdown(rows: list[dict[str, Any]], result_checks: dict[str, Any], facts: d
         ]
     if facts.get("lmrec", {}).get("tradeoff"):
         exposure = facts["exposure"]
-        default = (exposure["slots"], exposure["min_score_quantile"])
+        default = (
+            exposure["slots"],
+            exposure["min_score_quantile"],
+            exposure.get("text_weight", 0.0),
+        )
         lines += tradeoff_markdown(facts["lmrec"]["tradeoff"], default)
     lines += ["", "| check | against | ratio / value | target | passed |", "|---|---|---|---|---|"]
     for key, check in result_checks.items():

@@ -220,6 +220,7 @@ class ExposureParams(Block):
     max_age_days: float | None = Field(30.0, gt=0)
     min_k: int = Field(5, ge=1)
     min_score_quantile: float = Field(0.0, ge=0, lt=1)
+    text_weight: float = Field(0.0, ge=0, le=1)
 
 
 class ServeParams(Block):

@@ -14,7 +14,7 @@ from lmrec.models.popularity import PopularityRecommender
 from lmrec.serving.exposure import ExposurePolicy
 from lmrec.serving.offline import served_metrics
 
-from .conftest import Planted, make_cold_planted, tiny_sequential
+from .conftest import Planted, group_text_embeddings, make_cold_planted, tiny_sequential
 
 COLD_PER_GROUP = 3
 
@@ -34,9 +34,13 @@ def planted_new() -> Planted:
     return Planted(dataclasses.replace(split, cold=cold_df), groups, planted.cold_items)
 
 
-def test_text_only_items_win_full_catalog_slots(planted_new: Planted) -> None:
-    split = planted_new.split
-    model = tiny_sequential(planted_new).fit(split)
+@pytest.fixture(scope="module")
+def fitted(planted_new: Planted):
+    return tiny_sequential(planted_new).fit(planted_new.split)
+
+
+def test_text_only_items_win_full_catalog_slots(planted_new: Planted, fitted) -> None:
+    split, model = planted_new.split, fitted
     result = new_item_slice(model, split, "test", k=10)
     assert result["n_users"] == split.n_users and result["n_items"] == len(planted_new.cold_items)
     chance = 10 / split.n_items
@@ -48,3 +52,19 @@ def test_text_only_items_win_full_catalog_slots(planted_new: Planted) -> None:
     assert served["new_items"]["hr@10"] >= 5 * chance, (served, chance)
     assert served["new_items"]["hr@10"] >= result["hr@10"]
     assert served["overall"]["fresh_per_list"] >= 1.0
+
+
+def test_a_text_weighted_pick_needs_the_text_and_finds_the_group(planted_new: Planted, fitted):
+    """At ``text_weight`` 1 the slot goes to the fresh item closest in text to the history:
+    on the planted data, one of the user's own group's new items."""
+    split = planted_new.split
+    policy = ExposurePolicy(slots=1, max_age_days=None, text_weight=1.0)
+    with pytest.raises(ValueError, match="needs `text`"):
+        served_metrics(fitted, split, [policy])
+    text = group_text_embeddings(planted_new.groups, split.n_items)
+    served = served_metrics(fitted, split, [policy], text=text)[0]
+    chance = 10 / split.n_items
+    assert served["text_weight"] == 1.0
+    # a random one of the group's new items would hit 1 / COLD_PER_GROUP of the time
+    assert served["new_items"]["hr@10"] >= 1 / (2 * COLD_PER_GROUP), served
+    assert served["new_items"]["hr@10"] >= 5 * chance

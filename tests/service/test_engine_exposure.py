@@ -152,3 +152,44 @@ def test_a_score_quantile_keeps_weak_fresh_items_out(bundles):
         slotted += got != plain
         strong += is_strong
     assert 0 < slotted < len(bundles.histories)
+
+
+@pytest.mark.parametrize("weight", [0.4, 1.0])
+def test_a_text_weighted_pick_blends_the_model_score_with_the_text_affinity(bundles, weight):
+    """``text_weight`` w: the reserved slot goes to the fresh unseen item with the best
+    (1-w) z(model score) + w z(text affinity to the last 20 history items), z over the known
+    users x fresh items; at w = 1 that is the fresh item closest in text to the history."""
+    from lmrec.serving.exposure import TEXT_WINDOW
+
+    policy = ExposureParams(text_weight=weight)
+    engine = Engine.load(bundles.champion, ServeParams(exposure=policy))
+    raw = Engine.load(bundles.champion, RAW)
+    fresh = np.flatnonzero(engine.fresh.mask)
+    users = list(engine.user_cache)
+    vectors = np.stack([engine.user_cache[u].vector for u in users])
+    model = vectors @ engine.item_matrix[fresh].T
+    profiles = np.stack([engine.text[engine.bundle.users[u][-TEXT_WINDOW:]].mean(0) for u in users])
+    text = profiles @ engine.text[fresh].T
+    scale = engine.fresh.scale
+    assert scale.model_mean == pytest.approx(model.mean(), rel=1e-4)
+    assert scale.text_std == pytest.approx(text.std(), rel=1e-4)
+    checked = moved = 0
+    for row, user_id in enumerate(users[:40]):
+        got, plain = ids(engine.recommend(user_id, k=K)), ids(raw.recommend(user_id, k=K))
+        if set(plain) & set(bundles.fresh):
+            continue
+        unseen = ~np.isin(fresh, engine.user_cache[user_id].seen)
+        z = (1 - weight) * (model[row] - model.mean()) / model.std()
+        z = z + weight * (text[row] - text.mean()) / text.std()
+        if weight == 1.0:
+            z = text[row]  # the text affinity alone: the same order
+        expected = engine.item_ids[fresh[unseen][np.argmax(z[unseen])]]
+        assert got == plain[: K - 1] + [expected], user_id
+        posted = engine.recommend(
+            history=[engine.item_ids[i] for i in engine.bundle.users[user_id]], k=K
+        )
+        assert ids(posted)[-1] == expected  # a posted history picks the same way
+        checked += 1
+        moved += expected != engine.item_ids[fresh[unseen][np.argmax(model[row][unseen])]]
+    assert checked >= 10
+    assert moved > 0  # the text moved some picks away from the model's own choice

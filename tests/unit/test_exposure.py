@@ -6,12 +6,15 @@ import numpy as np
 import pytest
 
 from lmrec.serving.exposure import (
+    TEXT_WINDOW,
     ExposurePolicy,
+    PickScale,
     apply_to_scores,
     best_fresh_scores,
     list_ranks,
     merge,
     score_threshold,
+    text_profiles,
 )
 
 FRESH = np.zeros(20, dtype=bool)
@@ -82,3 +85,49 @@ def test_the_params_block_and_the_policy_name_the_same_settings():
 
     fields = {f.name: f.default for f in dataclasses.fields(ExposurePolicy)}
     assert fields == ExposureParams().model_dump()
+
+
+def test_the_pick_scale_is_the_mean_and_std_over_every_chunk():
+    rng = np.random.default_rng(0)
+    model, text = rng.normal(3.0, 2.0, (50, 7)), rng.normal(0.2, 0.1, (50, 7))
+    model[4, 2] = -np.inf  # an excluded pair: left out of both parts
+    scale = PickScale.fit([(model[:20], text[:20]), (model[20:], text[20:])])
+    keep = np.isfinite(model)
+    assert scale.model_mean == pytest.approx(model[keep].mean())
+    assert scale.model_std == pytest.approx(model[keep].std())
+    assert scale.text_mean == pytest.approx(text[keep].mean())
+    assert scale.text_std == pytest.approx(text[keep].std())
+    z = scale.blend(model, text, 0.25)
+    expected = 0.75 * (model - model[keep].mean()) / model[keep].std()
+    expected += 0.25 * (text - text[keep].mean()) / text[keep].std()
+    assert np.allclose(z[keep], expected[keep]) and z[4, 2] == -np.inf
+    assert PickScale.fit([]) == PickScale()
+
+
+def test_a_text_weighted_pick_takes_the_fresh_item_closest_in_text():
+    """The model prefers fresh item 15; the user's history reads like fresh item 17: with
+    enough text weight, 17 takes the slot (and the threshold applies to the pick score)."""
+    scores = np.tile(np.arange(20, 0, -1, dtype=float), (1, 1))
+    text = np.eye(20, dtype=np.float32)
+    text[17] = text[3]  # item 17's text is item 3's
+    affinity = text_profiles(text, [np.array([3])]) @ text.T
+    scale = PickScale(model_mean=10.0, model_std=5.0, text_mean=0.05, text_std=0.2)
+    excluded = np.zeros((1, 20), dtype=bool)
+    excluded[0, 3] = True
+    for weight, chosen in ((0.0, 15), (0.5, 17)):
+        policy = ExposurePolicy(slots=1, min_k=5, text_weight=weight)
+        pick = scale.blend(scores, affinity, weight)
+        lists = apply_to_scores(scores, excluded, FRESH, 5, policy, pick=pick)
+        assert lists.tolist() == [[0, 1, 2, 4, chosen]]
+    lists = apply_to_scores(scores, excluded, FRESH, 5, policy, float(pick[0, 17]) + 1e-6, pick)
+    assert lists.tolist() == [[0, 1, 2, 4, 5]]  # below the bar: no slot
+
+
+def test_a_text_profile_is_the_mean_of_the_last_items():
+    text = np.eye(TEXT_WINDOW + 5, dtype=np.float32)
+    history = np.arange(TEXT_WINDOW + 5)
+    profiles = text_profiles(text, [history, np.zeros(0, dtype=np.int64)])
+    assert np.allclose(profiles[0], text[history[-TEXT_WINDOW:]].mean(axis=0))
+    assert not profiles[1].any()
+    with pytest.raises(ValueError, match="text_weight"):
+        ExposurePolicy(text_weight=1.5)

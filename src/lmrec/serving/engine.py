@@ -15,8 +15,10 @@ New-item exposure (``serve.exposure``): on every path, once the list is chosen, 
 ``policy.reserved(k)`` slots go to the best fresh items (``lmrec.serving.exposure``,
 ``lmrec.serving.fresh``) unless it already holds that many: the model's best for the user,
 or on the cold-start path (no user to score for) the most recently added first. On the
-model path a fresh item needs a score of at least ``fresh.threshold`` (the
-``min_score_quantile`` of the known users' best fresh-item scores, set in ``set_fresh``).
+model path a fresh item needs a pick score of at least ``fresh.threshold`` (the
+``min_score_quantile`` of the known users' best pick scores, set in ``set_fresh``); with
+``text_weight`` > 0 fresh items are picked by their model score blended with their text
+affinity to the user's recent history (``exposure.PickScale``, fitted on the same users).
 Items join at serving time through ``lmrec.serving.new_items`` (``POST /items``);
 ``model_items`` is the size of the catalog the model was trained on.
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -41,7 +44,13 @@ from lmrec.data.contract import pseudonymise_id, user_id_salt
 from lmrec.models.registry import load_model
 from lmrec.serving import known_users
 from lmrec.serving.bundle import Bundle
-from lmrec.serving.exposure import ExposurePolicy, score_threshold
+from lmrec.serving.exposure import (
+    TEXT_WINDOW,
+    ExposurePolicy,
+    PickScale,
+    score_threshold,
+    text_profiles,
+)
 from lmrec.serving.faiss_index import FaissIndex
 from lmrec.serving.fresh import FreshItems
 from lmrec.serving.known_users import KnownUser
@@ -51,6 +60,8 @@ log = logging.getLogger(__name__)
 
 #: Known users whose best fresh-item scores set the exposure's score threshold.
 THRESHOLD_USERS = 20_000
+#: Known users per chunk when the threshold is computed (bounds its memory).
+THRESHOLD_CHUNK = 1024
 
 #: History items considered when explaining a recommendation (the most recent ones).
 EXPLAIN_WINDOW = 50
@@ -158,17 +169,50 @@ class Engine:
         return known_users.top_unseen_exact(self.item_matrix)
 
     def set_fresh(self) -> None:
-        """Recompute the fresh items (at load and whenever the catalog changes), and the
-        score a fresh item needs for a reserved slot (``exposure.score_threshold`` over the
-        known users' best fresh-item scores; two-tower models only, others: no bar)."""
+        """Recompute the fresh items (at load and whenever the catalog changes), the pick's
+        scale (``text_weight`` > 0) and the pick score a fresh item needs for a reserved
+        slot (``exposure.score_threshold`` over the known users' best pick scores). Both
+        need known users' vectors: two-tower models only; others pick by the model's score
+        with no bar."""
         scorable = self.n_items if self.vectorized else self.model_items
-        self.fresh.update(self.popularity, self.added_at, scorable)
-        self.fresh.threshold = -np.inf
-        if self.fresh.policy.min_score_quantile > 0 and self.user_cache and len(self.fresh.scored):
-            users = list(self.user_cache.values())[:THRESHOLD_USERS]  # a bounded sample
-            vectors = np.stack([u.vector for u in users])
-            best = (vectors @ self.item_matrix[self.fresh.scored].T).max(axis=1)
-            self.fresh.threshold = score_threshold(best, self.fresh.policy)
+        fresh = self.fresh
+        fresh.update(self.popularity, self.added_at, scorable)
+        fresh.threshold, fresh.scale = -np.inf, None
+        if not self.user_cache or not len(fresh.scored):
+            return
+        keys = list(self.user_cache)[:THRESHOLD_USERS]  # a bounded sample
+        if fresh.policy.text_weight > 0:
+            fresh.scale = PickScale.fit(self._calibration_chunks(keys))
+        if fresh.policy.min_score_quantile > 0:
+            best = []
+            for model, text in self._calibration_chunks(keys):
+                pick = (
+                    model
+                    if fresh.scale is None
+                    else fresh.scale.blend(model, text, fresh.policy.text_weight)
+                )
+                best.append(pick.max(axis=1))
+            fresh.threshold = score_threshold(np.concatenate(best), fresh.policy)
+
+    def _calibration_chunks(self, keys: list[str]):
+        """(model scores, text affinities) ``[users, fresh items]`` per chunk of known users."""
+        matrix, text = self.item_matrix[self.fresh.scored], self.text[self.fresh.scored]
+        for start in range(0, len(keys), THRESHOLD_CHUNK):
+            chunk = keys[start : start + THRESHOLD_CHUNK]
+            vectors = np.stack([self.user_cache[key].vector for key in chunk])
+            affinity = None
+            if self.fresh.policy.text_weight > 0:
+                profiles = text_profiles(self.text, [self.bundle.users[key] for key in chunk])
+                affinity = profiles @ text.T
+            yield vectors @ matrix.T, affinity
+
+    def _affinity(self, items: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:
+        """``candidates -> their text affinity to this history`` (``exposure.text_profiles``)
+        when the fresh pick uses it."""
+        if self.fresh.scale is None or not len(items):
+            return None
+        text, profile = self.text, text_profiles(self.text, [items[-TEXT_WINDOW:]])[0]
+        return lambda candidates: text[candidates] @ profile
 
     # ---------------------------------------------------------- requests
     def check_k(self, k: Any) -> int:
@@ -248,7 +292,7 @@ class Engine:
             candidates, scores = self._top(items, min(pool, available), excluded, user)
             picked = self._mmr(candidates, k, float(diversity)) if diversity > 0 else candidates[:k]
         fixed = known if cached is not None and exclude_seen else None  # same fresh pick
-        picked = self._expose(picked, k, excluded, user, scores, len(items) == 0, fixed)
+        picked = self._expose(picked, k, excluded, user, scores, items, fixed)
         if explain:
             picked = [Scored(s.item, s.score, self._reason(s.item, items)) for s in picked]
         return {
@@ -331,7 +375,7 @@ class Engine:
         excluded: np.ndarray,
         user: np.ndarray | None,
         scores: np.ndarray | None,
-        cold: bool,
+        history: np.ndarray,
         known: str | None = None,
     ) -> list[Scored]:
         """``picked`` with the exposure policy's reserved slots (module docstring)."""
@@ -339,14 +383,17 @@ class Engine:
         reserved = self.fresh.reserved(head, k)
         if not reserved:
             return picked
-        if cold:
+        if not len(history):  # the cold-start path
             items = self.fresh.recent_outside(excluded, reserved).tolist()
             extra = [Scored(i, float(self.popularity[i]), self._cold_reason(i)) for i in items]
         else:
             matrix = self.item_matrix if self.two_tower else None
-            best = self.fresh.best(reserved, excluded, user, scores, matrix, known)
+            text = None if known in self.fresh.by_user else self._affinity(history)
+            items, values, pick = self.fresh.best(
+                reserved, excluded, user, scores, matrix, known, text
+            )
             bar = self.fresh.threshold  # a weak fresh item does not take a slot
-            extra = [Scored(i, s) for i, s in zip(*best, strict=True) if s >= bar]
+            extra = [Scored(i, s) for i, s, p in zip(items, values, pick, strict=True) if p >= bar]
         order = self.fresh.merge(head, [s.item for s in extra], k, reserved)
         chosen = {s.item: s for s in extra} | {s.item: s for s in picked}
         return [chosen[i] for i in order]

@@ -19,13 +19,22 @@ the q-quantile, over the model's users, of each user's best fresh-item score
 embedding, so they are compared with each other, not with the warm items they displace;
 users whose best fresh item is among the strongest get it (q = 0: every list).
 
+Which fresh item takes the slot: with ``text_weight`` w > 0, fresh items are ranked by
+``(1 - w) * z(model score) + w * z(text affinity)`` (``PickScale``), where the text affinity
+is the item's text vector against the mean text vector of the user's last ``TEXT_WINDOW``
+history items, and z standardises each part over (user, fresh item) pairs of a sample of
+users. The model's text-only score is a projection learned for items with an ID embedding;
+the raw text similarity to what the user just watched adds what the projection misses
+(measured on MovieLens-100K's new-arrivals split: ``benchmarks/results/new_items_val.md``).
+The threshold is then taken on the blended score.
+
 The same functions serve the HTTP engine (one list) and the evaluation (a batch of lists),
 so what the benchmark measures is what users get.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +42,9 @@ import numpy as np
 from lmrec.evaluation.metrics import top_k
 
 _PAD = -1
+
+#: History items (the most recent) whose text vectors form the user's text profile.
+TEXT_WINDOW = 20
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,8 @@ class ExposurePolicy:
         min_k: shorter lists get no reserved slot.
         min_score_quantile: a fresh item takes a reserved slot only with a score at least
             this quantile of the users' best fresh-item scores (0: always).
+        text_weight: weight of the text affinity in the fresh pick (0: the model's score
+            alone; see the module docstring).
     """
 
     slots: int = 1
@@ -54,10 +68,13 @@ class ExposurePolicy:
     max_age_days: float | None = 30.0
     min_k: int = 5
     min_score_quantile: float = 0.0
+    text_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_score_quantile < 1.0:
             raise ValueError(f"exposure: min_score_quantile must be in [0, 1): {self}")
+        if not 0.0 <= self.text_weight <= 1.0:
+            raise ValueError(f"exposure: text_weight must be in [0, 1]: {self}")
         if self.slots < 0 or self.max_interactions < 1 or self.min_k < 1:
             raise ValueError(
                 f"exposure: need slots >= 0, max_interactions >= 1, min_k >= 1: {self}"
@@ -90,6 +107,55 @@ class ExposurePolicy:
             young = np.isnan(added) | (now - added <= self.max_age_days * 86_400.0)
             fresh &= young
         return fresh
+
+
+def text_profiles(text: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
+    """Each history's text profile: the mean unit text vector of its last ``TEXT_WINDOW``
+    items (zeros for an empty history). ``text``: unit vectors ``[n_items, dim]``."""
+    out = np.zeros((len(histories), text.shape[1]), dtype=np.float32)
+    for row, items in enumerate(histories):
+        recent = np.asarray(items, dtype=np.int64)[-TEXT_WINDOW:]
+        if len(recent):
+            out[row] = text[recent].mean(axis=0)
+    return out
+
+
+@dataclass(frozen=True)
+class PickScale:
+    """The scales that put model scores and text affinities of fresh items on one footing
+    (mean and standard deviation of each over (user, fresh item) pairs)."""
+
+    model_mean: float = 0.0
+    model_std: float = 1.0
+    text_mean: float = 0.0
+    text_std: float = 1.0
+
+    @classmethod
+    def fit(cls, parts: Iterable[tuple[np.ndarray, np.ndarray]]) -> PickScale:
+        """From chunks of (model scores, text affinities) of the same pairs, any shape;
+        pairs with a non-finite model score (excluded) are left out. Chunked so that a
+        large sample of users never sits in memory at once."""
+        n, sums = 0, np.zeros(4)  # model, model², text, text²
+        for model, text in parts:
+            model, text = np.asarray(model, np.float64), np.asarray(text, np.float64)
+            keep = np.isfinite(model)
+            m, t = model[keep], text[keep]
+            n += len(m)
+            sums += (m.sum(), (m * m).sum(), t.sum(), (t * t).sum())
+        if not n:
+            return cls()
+        mean_m, mean_t = sums[0] / n, sums[2] / n
+        std_m = np.sqrt(max(sums[1] / n - mean_m**2, 0.0))
+        std_t = np.sqrt(max(sums[3] / n - mean_t**2, 0.0))
+        return cls(float(mean_m), max(float(std_m), 1e-9), float(mean_t), max(float(std_t), 1e-9))
+
+    def blend(self, model: np.ndarray, text: np.ndarray, weight: float) -> np.ndarray:
+        """``(1 - weight) * z(model) + weight * z(text)`` (``-inf`` model scores stay so)."""
+        model = np.asarray(model, np.float64)
+        with np.errstate(invalid="ignore"):  # -inf * 0 at weight 1: masked below
+            z = (1.0 - weight) * (model - self.model_mean) / self.model_std
+            z = z + weight * (np.asarray(text, np.float64) - self.text_mean) / self.text_std
+        return np.where(np.isfinite(model), z, -np.inf)
 
 
 def merge(top: Sequence[int], fresh_top: Sequence[int], k: int, reserved: int, fresh) -> list[int]:
@@ -146,6 +212,7 @@ def apply_to_scores(
     k: int,
     policy: ExposurePolicy,
     threshold: float = -np.inf,
+    pick: np.ndarray | None = None,
 ) -> np.ndarray:
     """Top-k lists ``[n, k]`` (``-1`` padded) after the policy, for a batch of score rows.
 
@@ -155,15 +222,19 @@ def apply_to_scores(
         fresh: bool ``[n_items]``.
         k: list length.
         policy: the exposure policy.
-        threshold: the score a fresh item needs for a reserved slot (``score_threshold``).
+        threshold: the pick score a fresh item needs for a reserved slot
+            (``score_threshold`` over the same pick scores).
+        pick: float ``[n, n_items]``: the scores fresh items are picked by (``PickScale.blend``
+            with ``policy.text_weight``); None: ``scores``.
     """
     top = top_k(scores, k, excluded)
     reserved = policy.reserved(k)
     if reserved == 0 or not fresh.any():
         return top
-    fresh_top = top_k(scores, reserved, excluded | ~fresh[None, :])
+    pick = scores if pick is None else pick
+    fresh_top = top_k(pick, reserved, excluded | ~fresh[None, :])
     if threshold > -np.inf:  # too weak for a slot: not offered
-        weak = np.take_along_axis(scores, np.maximum(fresh_top, 0), axis=1) < threshold
+        weak = np.take_along_axis(pick, np.maximum(fresh_top, 0), axis=1) < threshold
         fresh_top = np.where(weak, _PAD, fresh_top)
     out = np.full_like(top, _PAD)
     for row in range(len(top)):

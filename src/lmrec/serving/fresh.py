@@ -10,11 +10,12 @@ catalog to find them.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 
 from lmrec.serving import exposure
-from lmrec.serving.exposure import ExposurePolicy
+from lmrec.serving.exposure import ExposurePolicy, PickScale
 
 #: Fresh candidates scored by row sums directly; more are narrowed by a matrix product first.
 ROW_SUMS = 256
@@ -36,6 +37,9 @@ class FreshItems:
         recent: every fresh item, newest addition first, then catalog items (unknown
             addition time) by popularity and index: the cold-start order.
         by_user: known users' best fresh unseen items (``best``), until the next ``update``.
+        threshold: the pick score a fresh item needs for a reserved slot (set by the engine).
+        scale: the pick's scale when fresh items are picked with their text affinity
+            (``policy.text_weight`` > 0; set by the engine), else None: the model's score.
     """
 
     def __init__(self, policy: ExposurePolicy) -> None:
@@ -44,8 +48,8 @@ class FreshItems:
         self.members = _Members()
         self.scored = self.recent = np.zeros(0, dtype=np.int64)
         self.until = np.inf
-        #: the score a fresh item needs for a reserved slot (set by the engine)
         self.threshold = -np.inf
+        self.scale: PickScale | None = None
         self.by_user: dict[str, list] = {}
         self._inputs: tuple[np.ndarray, np.ndarray, int] | None = None
 
@@ -92,8 +96,10 @@ class FreshItems:
         scores: np.ndarray | None,
         matrix: np.ndarray | None,
         known: str | None = None,
-    ) -> tuple[list[int], list[float]]:
-        """The model's ``n`` best fresh items outside ``excluded`` (sorted) and their scores.
+        text: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> tuple[list[int], list[float], list[float]]:
+        """The ``n`` best fresh items outside ``excluded`` (sorted), their model scores and
+        their pick scores (what ``threshold`` is compared with).
 
         Args:
             n: how many.
@@ -103,28 +109,43 @@ class FreshItems:
             matrix: the item matrix of a two-tower model, else None (then ``scores``).
             known: a known user asking by stored history: the pick depends on nothing else,
                 so it is kept (``policy.slots`` items) until the next ``update``.
+            text: ``items -> their text affinity`` to this user (``Engine._affinity``), used
+                with ``scale``; None: picked by the model's score.
         """
         if known is not None:
             if known not in self.by_user:
-                self.by_user[known] = self.best(self.policy.slots, excluded, user, scores, matrix)
-            items, values = self.by_user[known]
-            return items[:n], values[:n]
+                picked = self.best(self.policy.slots, excluded, user, scores, matrix, None, text)
+                self.by_user[known] = picked
+            return tuple(values[:n] for values in self.by_user[known])  # type: ignore[return-value]
         candidates = self.scored
         if scores is not None:
             candidates = candidates[np.isfinite(scores[candidates])]
         elif matrix is not None and user is not None:
             candidates = outside(candidates, excluded)
         else:
-            return [], []
+            return [], [], []
+        if len(candidates) > ROW_SUMS and matrix is not None:  # many: narrowed first
+            rough = scores[candidates] if scores is not None else matrix[candidates] @ user
+            rough = self._pick(candidates, rough, text)
+            candidates = candidates[np.argpartition(-rough, n + 7)[: n + 8]]
         if matrix is None:
             values = scores[candidates]
         else:  # scored as known_users.ranked scores (row sums), as the list's items are
-            if len(candidates) > ROW_SUMS:  # many: the matrix product's best few first
-                rough = scores[candidates] if scores is not None else matrix[candidates] @ user
-                candidates = candidates[np.argpartition(-rough, n + 7)[: n + 8]]
             values = np.multiply(matrix[candidates], user).sum(axis=1, dtype=np.float32)
-        order = np.lexsort((candidates, -values))[:n]
-        return candidates[order].tolist(), values[order].tolist()
+        pick = self._pick(candidates, values, text)
+        order = np.lexsort((candidates, -pick))[:n]
+        return candidates[order].tolist(), values[order].tolist(), pick[order].tolist()
+
+    def _pick(
+        self,
+        candidates: np.ndarray,
+        values: np.ndarray,
+        text: Callable[[np.ndarray], np.ndarray] | None,
+    ) -> np.ndarray:
+        """Pick scores of ``candidates`` with model scores ``values``."""
+        if self.scale is None or text is None:
+            return np.asarray(values, dtype=np.float64)
+        return self.scale.blend(values, text(candidates), self.policy.text_weight)
 
     def recent_outside(self, excluded: np.ndarray, n: int) -> np.ndarray:
         """The first ``n`` of ``recent`` not in ``excluded`` (sorted)."""

@@ -11,7 +11,7 @@ benchmarks measure what a user would get from ``POST /recommend``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,45 +22,57 @@ from lmrec.evaluation.ranking import batches, exclusion_mask, train_counts
 from lmrec.features.dataset import SplitData
 from lmrec.serving.exposure import (
     ExposurePolicy,
+    PickScale,
     apply_to_scores,
     best_fresh_scores,
     list_ranks,
     score_threshold,
+    text_profiles,
 )
 
 _BATCH = 256
 
-
-def _score(model: Any, split: SplitData, stage: str, users: np.ndarray, histories) -> np.ndarray:
-    """Score rows for these histories, as the protocol scores them (``ranking.batches``);
-    scorers of fixed per-user rows (``score_rows``: benchmark peers) give their rows."""
-    if hasattr(model, "score_rows"):
-        return np.asarray(model.score_rows(users), dtype=np.float64)
-    rows = [s for _, _, s in batches(model, split, users, stage, _BATCH, histories)]
-    return np.concatenate(rows).astype(np.float64) if rows else np.zeros((0, split.n_items))
+#: Warm rows whose scores set each policy's pick scale and threshold (the engine's
+#: ``THRESHOLD_USERS``: a bounded sample, the first ones in user order).
+CALIBRATION_USERS = 20_000
 
 
-def _list_metrics(
-    scores: np.ndarray,
-    targets: np.ndarray,
-    histories: Sequence[np.ndarray],
-    fresh: np.ndarray,
-    policy: ExposurePolicy,
-    k: int,
-    threshold: float,
-) -> dict[str, float]:
-    """HR/NDCG@k of ``targets`` in the lists the policy serves, and fresh items per list."""
-    if len(targets) == 0:
-        return {f"hr@{k}": float("nan"), f"ndcg@{k}": float("nan"), "fresh_per_list": 0.0}
-    excluded = exclusion_mask(histories, scores.shape[1], keep=targets)
-    lists = apply_to_scores(scores, excluded, fresh, k, policy, threshold)
-    ranks = list_ranks(lists, targets, miss=k)
-    per_list = float(np.isin(lists, np.flatnonzero(fresh)).sum(axis=1).mean())
-    return {
-        f"hr@{k}": M.hit_rate(ranks, k),
-        f"ndcg@{k}": M.ndcg(ranks, k),
-        "fresh_per_list": per_list,
-    }
+def _scored(
+    model: Any, split: SplitData, stage: str, users: np.ndarray, histories: Sequence[np.ndarray]
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """(rows, scores) for consecutive batches of these histories, as the protocol scores
+    them (``ranking.batches``); scorers of fixed per-user rows (``score_rows``: benchmark
+    peers) give their rows."""
+    for start in range(0, len(users), _BATCH):
+        rows = slice(start, start + _BATCH)
+        if hasattr(model, "score_rows"):
+            scores = np.asarray(model.score_rows(users[rows]), dtype=np.float64)
+        else:
+            batch = next(batches(model, split, users[rows], stage, _BATCH, histories[rows]))
+            scores = batch[2].astype(np.float64)
+        yield rows, scores
+
+
+class _Calibration:
+    """One policy's pick scale and threshold, from the calibration rows."""
+
+    def __init__(self, policy: ExposurePolicy, fresh: np.ndarray, chunks) -> None:
+        self.policy, self.fresh = policy, fresh
+        weight = policy.text_weight
+        self.scale = None
+        if weight > 0 and fresh.any():
+            self.scale = PickScale.fit((s[:, fresh], t[:, fresh]) for s, t in chunks)
+        best = [best_fresh_scores(self.pick(s, t), fresh) for s, t in chunks]
+        self.threshold = score_threshold(np.concatenate(best) if best else np.zeros(0), policy)
+
+    def pick(self, scores: np.ndarray, affinity: np.ndarray | None) -> np.ndarray:
+        if self.scale is None:
+            return scores
+        return self.scale.blend(scores, affinity, self.policy.text_weight)
+
+
+def _affinity(text: np.ndarray | None, histories: Sequence[np.ndarray]) -> np.ndarray | None:
+    return None if text is None else text_profiles(text, histories) @ text.T
 
 
 def served_metrics(
@@ -69,40 +81,82 @@ def served_metrics(
     policies: Sequence[ExposurePolicy],
     stage: str = "test",
     k: int = 10,
+    text: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """Per policy: warm rows' and new-item rows' HR/NDCG@k in the served lists.
 
-    Every row is scored once; each policy only re-cuts the lists. Fresh items are those
-    with fewer than the policy's ``max_interactions`` training interactions (the split has
-    no addition times, so the age cut-off does not apply offline). A policy's score
-    threshold comes from the warm rows (every user's best fresh-item score), as the
-    service takes it from its known users.
+    Every row is scored once, in batches; each policy only re-cuts the lists. Fresh items
+    are those with fewer than the policy's ``max_interactions`` training interactions (the
+    split has no addition times, so the age cut-off does not apply offline). A policy's
+    pick scale and score threshold come from the first ``CALIBRATION_USERS`` warm rows
+    (their best fresh items), as the service takes them from its known users.
+
+    Args:
+        text: unit item text vectors ``[n_items, dim]``, needed by a policy with a
+            ``text_weight``.
 
     Returns:
-        One dict per policy: ``slots``, ``max_interactions``, ``overall`` and ``new_items``
-        (each ``hr@k``, ``ndcg@k``, ``fresh_per_list``, ``n_users``).
+        One dict per policy: ``slots``, ``max_interactions``, ``min_score_quantile``,
+        ``text_weight``, ``overall`` and ``new_items`` (each ``hr@k``, ``ndcg@k``,
+        ``fresh_per_list``, ``n_users``).
     """
+    if text is None and any(p.text_weight > 0 for p in policies):
+        raise ValueError("served_metrics: a policy with text_weight > 0 needs `text`")
     targets_all = split.test_items if stage == "test" else split.val_items
     warm_users = np.flatnonzero(targets_all >= 0)
     warm_hist = [split.history_for(int(u), stage) for u in warm_users]
     new_users, new_targets, new_hist = new_item_rows(split, stage)
-    warm_scores = _score(model, split, stage, warm_users, warm_hist)
-    new_scores = _score(model, split, stage, new_users, new_hist)
     counts = train_counts(split)
-    out = []
-    for policy in policies:
-        fresh = policy.fresh_mask(counts)
-        threshold = score_threshold(best_fresh_scores(warm_scores, fresh), policy)
-        args = (fresh, policy, k, threshold)
-        warm = _list_metrics(warm_scores, targets_all[warm_users], warm_hist, *args)
-        new = _list_metrics(new_scores, new_targets, new_hist, *args)
-        out.append(
-            {
-                "slots": policy.slots,
-                "max_interactions": policy.max_interactions,
-                "min_score_quantile": policy.min_score_quantile,
-                "overall": {**warm, "n_users": len(warm_users)},
-                "new_items": {**new, "n_users": len(new_users)},
-            }
-        )
-    return out
+    sample = warm_users[:CALIBRATION_USERS]
+    chunks = [
+        (scores, _affinity(text, warm_hist[rows]))
+        for rows, scores in _scored(model, split, stage, sample, warm_hist[: len(sample)])
+    ]
+    calibrations = [_Calibration(p, p.fresh_mask(counts), chunks) for p in policies]
+    del chunks
+    rows_of = {
+        "overall": (warm_users, targets_all[warm_users], warm_hist),
+        "new_items": (new_users, new_targets, new_hist),
+    }
+    found: dict[str, list[dict[str, list]]] = {}
+    for name, (users, targets, histories) in rows_of.items():
+        found[name] = [{"ranks": [], "fresh": []} for _ in policies]
+        for rows, scores in _scored(model, split, stage, users, histories):
+            excluded = exclusion_mask(histories[rows], scores.shape[1], keep=targets[rows])
+            affinity = _affinity(text, histories[rows])
+            for cal, out in zip(calibrations, found[name], strict=True):
+                lists = apply_to_scores(
+                    scores,
+                    excluded,
+                    cal.fresh,
+                    k,
+                    cal.policy,
+                    cal.threshold,
+                    cal.pick(scores, affinity),
+                )
+                out["ranks"].append(list_ranks(lists, targets[rows], miss=k))
+                out["fresh"].append(np.isin(lists, np.flatnonzero(cal.fresh)).sum(axis=1))
+    results = []
+    for i, cal in enumerate(calibrations):
+        entry: dict[str, Any] = {
+            "slots": cal.policy.slots,
+            "max_interactions": cal.policy.max_interactions,
+            "min_score_quantile": cal.policy.min_score_quantile,
+            "text_weight": cal.policy.text_weight,
+        }
+        for name, (users, _, _) in rows_of.items():
+            entry[name] = {**_list_metrics(found[name][i], k), "n_users": len(users)}
+        results.append(entry)
+    return results
+
+
+def _list_metrics(found: dict[str, list], k: int) -> dict[str, float]:
+    """HR/NDCG@k of the targets' ranks in the served lists, and fresh items per list."""
+    if not found["ranks"]:
+        return {f"hr@{k}": float("nan"), f"ndcg@{k}": float("nan"), "fresh_per_list": 0.0}
+    ranks = np.concatenate(found["ranks"])
+    return {
+        f"hr@{k}": M.hit_rate(ranks, k),
+        f"ndcg@{k}": M.ndcg(ranks, k),
+        "fresh_per_list": float(np.concatenate(found["fresh"]).mean()),
+    }

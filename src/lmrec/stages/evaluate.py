@@ -67,7 +67,9 @@ def _protocol(scorer: Any, split: SplitData, params: Params, emb: np.ndarray) ->
     cfg = params.evaluate
     results = _raw_protocol(scorer, split, params, emb)
     policy = ExposurePolicy(**params.serve.exposure.model_dump())
-    served = served_metrics(scorer, split, [policy], cfg.stage, cfg.k)[0]
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    text = (emb / np.maximum(norms, 1e-12)).astype(np.float32)  # the service's text vectors
+    served = served_metrics(scorer, split, [policy], cfg.stage, cfg.k, text)[0]
     results["served"] = {"overall": served["overall"], "new_items": served["new_items"]}
     return results
 
