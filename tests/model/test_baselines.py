@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from lmrec.models.itemknn import ItemKNNParams, ItemKNNRecommender, keep_top_neighbors
+from lmrec.models.itemknn import (
+    ItemKNNParams,
+    ItemKNNRecommender,
+    item_blocks,
+    keep_top_neighbors,
+    top_neighbors,
+)
 from lmrec.models.mf import MFParams, MFRecommender
 from lmrec.models.popularity import PopularityRecommender
 
@@ -123,3 +129,47 @@ def test_mf_empty_history_scores_zero(planted: Planted) -> None:
 def test_mf_rejects_bad_params(bad: dict) -> None:
     with pytest.raises(ValueError, match="mf"):
         MFParams(**bad)
+
+
+def dense_itemknn(user_items: np.ndarray, neighbors: int) -> np.ndarray:
+    """The dense items x items reference: exact cosine, zero diagonal, top-k per row."""
+    binary = (user_items > 0).astype(np.float64)
+    both = binary.T @ binary
+    n_users_of = binary.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sim = np.where(both > 0, both / np.sqrt(np.outer(n_users_of, n_users_of)), 0.0)
+    np.fill_diagonal(sim, 0.0)
+    kept = np.zeros_like(sim)
+    for row in range(len(sim)):
+        nonzero = np.flatnonzero(sim[row])
+        best = nonzero[np.argsort(-sim[row, nonzero], kind="stable")[:neighbors]]
+        kept[row, best] = sim[row, best]
+    return kept.astype(np.float32)
+
+
+@pytest.mark.parametrize(("neighbors", "block_entries"), [(5, 1), (5, 500), (40, 1 << 23)])
+def test_sparse_itemknn_equals_the_dense_one(neighbors: int, block_entries: int) -> None:
+    rng = np.random.default_rng(3)
+    n_users, n_items = 300, 80
+    train = [
+        rng.choice(n_items - 5, size=rng.integers(1, 15)).tolist()  # last 5 cold
+        for _ in range(n_users)
+    ]
+    split = make_split(train, n_items=n_items, cold_items=list(range(n_items - 5, n_items)))
+    users, items = split.train_pairs()
+    matrix = sp.csr_matrix((np.ones(len(items)), (users, items)), shape=(n_users, n_items))
+    blocks = item_blocks(matrix.T @ np.diff(matrix.astype(bool).tocsr().indptr), block_entries)
+    assert (len(blocks) > 1) == (block_entries < 1 << 23), blocks[:3]
+    sparse = top_neighbors(matrix, neighbors, block_entries)
+    dense = dense_itemknn(matrix.toarray(), neighbors)
+    np.testing.assert_array_equal(sparse.toarray() != 0, dense != 0)  # the same neighbours
+    np.testing.assert_allclose(sparse.toarray(), dense, rtol=1e-6)
+    model = ItemKNNRecommender(ItemKNNParams(neighbors=neighbors)).fit(split)
+    np.testing.assert_array_equal(model.similarity.toarray(), sparse.toarray())
+    histories = [np.asarray(h, dtype=np.int64) for h in train[:50]]
+    scores = model.score(histories)
+    reference = np.stack([dense[np.unique(h)].sum(axis=0) for h in histories])
+    np.testing.assert_allclose(scores, reference, rtol=1e-5, atol=1e-6)
+    for got, want in zip(scores, reference, strict=True):  # the same ranking, up to ties
+        top = np.argsort(-got, kind="stable")[:10]
+        np.testing.assert_allclose(want[top], np.sort(want)[::-1][:10], rtol=1e-5, atol=1e-6)

@@ -2,9 +2,10 @@
 
 The similarity of items i and j is ``|U_i & U_j| / sqrt(|U_i| * |U_j|)`` where ``U_i`` is
 the set of training users of item i (repeat interactions count once). Each item keeps only
-its ``neighbors`` most similar items; a history scores item j as the sum, over the distinct
-history items h, of the kept similarity ``sim(h, j)``. Cold items have no training users,
-so they have no neighbours and score 0.
+its ``neighbors`` most similar items, computed block by block of items (``top_neighbors``),
+so memory grows with items x neighbours, never items x items. A history scores item j as
+the sum, over the distinct history items h, of the kept similarity ``sim(h, j)``. Cold
+items have no training users, so they have no neighbours and score 0.
 """
 
 from __future__ import annotations
@@ -35,40 +36,81 @@ class ItemKNNParams(Params):
             raise ValueError(f"itemknn: neighbors must be >= 1, got {self.neighbors}")
 
 
-def cosine_similarity(user_items: sp.csr_matrix) -> sp.csr_matrix:
-    """Item-item cosine similarity of a binary users x items matrix, zero diagonal."""
-    binary = user_items.astype(bool).astype(np.float64).tocsc()
-    norms = np.sqrt(np.asarray(binary.sum(axis=0)).ravel())
-    inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-    normed = binary @ sp.diags(inv)
-    sim = (normed.T @ normed).tocsr()
-    sim = (sim - sp.diags(sim.diagonal())).tocsr()
-    sim.eliminate_zeros()
-    return sim
+#: Upper bound on the co-occurrence entries one block of item rows may produce (each takes
+#: ~40 bytes through the product, the cosine and the top-k sort: ~300 MiB a block).
+BLOCK_ENTRIES = 1 << 23
+
+
+def item_blocks(work: np.ndarray, budget: int) -> list[tuple[int, int]]:
+    """Consecutive [start, stop) item ranges whose summed ``work`` stays within ``budget``
+    (a single item over budget gets a block of its own)."""
+    blocks, start, used = [], 0, 0
+    for item, cost in enumerate(work.tolist()):
+        if item > start and used + cost > budget:
+            blocks.append((start, item))
+            start, used = item, 0
+        used += cost
+    if start < len(work):
+        blocks.append((start, len(work)))
+    return blocks
+
+
+def top_neighbors(
+    user_items: sp.csr_matrix, neighbors: int, block_entries: int = BLOCK_ENTRIES
+) -> sp.csr_matrix:
+    """Each item's ``neighbors`` most cosine-similar items, never an items x items matrix.
+
+    Item rows are processed in blocks whose co-occurrence products are bounded by
+    ``block_entries`` (row i of the product has at most ``sum over U_i of |history|``
+    entries). Within a block the co-occurrence counts are exact integers and the cosine is
+    ``count / sqrt(|U_i| |U_j|)`` element by element, so a block's values do not depend on
+    how the items were blocked.
+
+    Args:
+        user_items: users x items interaction counts (any positive count is one).
+        neighbors: entries kept per row (ties by lower column index).
+        block_entries: work bound of one block.
+
+    Returns:
+        float32 items x items CSR with sorted indices and zero diagonal.
+    """
+    binary = user_items.astype(bool).astype(np.float64).tocsr()
+    item_users = binary.T.tocsr()
+    n_users_of = np.diff(item_users.indptr).astype(np.float64)
+    work = item_users @ np.diff(binary.indptr).astype(np.float64)
+    parts = []
+    for start, stop in item_blocks(work, block_entries):
+        counts = (item_users[start:stop] @ binary).tocsr()
+        rows = np.repeat(np.arange(start, stop), np.diff(counts.indptr))
+        cols = counts.indices.astype(np.int64)
+        sim = counts.data / np.sqrt(n_users_of[rows] * n_users_of[cols])
+        off_diagonal = cols != rows
+        block = sp.csr_matrix(
+            (sim[off_diagonal], (rows[off_diagonal] - start, cols[off_diagonal])),
+            shape=(stop - start, binary.shape[1]),
+        )
+        parts.append(keep_top_neighbors(block, neighbors))
+    if not parts:
+        return sp.csr_matrix((binary.shape[1], binary.shape[1]), dtype=np.float32)
+    return sp.vstack(parts, format="csr")
 
 
 def keep_top_neighbors(sim: sp.csr_matrix, neighbors: int) -> sp.csr_matrix:
     """Keep each row's ``neighbors`` largest entries (ties by lower column index)."""
-    sim = sim.tocsr()
-    sim.sort_indices()
-    rows, cols, vals = [], [], []
-    for row in range(sim.shape[0]):
-        start, end = sim.indptr[row], sim.indptr[row + 1]
-        idx, data = sim.indices[start:end], sim.data[start:end]
-        if len(data) > neighbors:
-            # Columns are sorted, so a stable sort on -value breaks ties by lower index.
-            keep = np.sort(np.argsort(-data, kind="stable")[:neighbors])
-            idx, data = idx[keep], data[keep]
-        rows.append(np.full(len(idx), row, dtype=np.int64))
-        cols.append(idx)
-        vals.append(data)
-    if not rows:
-        return sp.csr_matrix(sim.shape, dtype=np.float32)
-    return sp.csr_matrix(
-        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+    sim = sim.tocsr(copy=True)
+    sim.eliminate_zeros()
+    lengths = np.diff(sim.indptr)
+    rows = np.repeat(np.arange(sim.shape[0]), lengths)
+    order = np.lexsort((sim.indices, -sim.data, rows))  # by row, value desc, column asc
+    rank = np.arange(len(order)) - np.repeat(sim.indptr[:-1], lengths)
+    keep = order[rank < neighbors]
+    out = sp.csr_matrix(
+        (sim.data[keep].astype(np.float32), (rows[keep], sim.indices[keep])),
         shape=sim.shape,
         dtype=np.float32,
     )
+    out.sort_indices()
+    return out
 
 
 def history_matrix(histories: list[np.ndarray], n_items: int) -> sp.csr_matrix:
@@ -96,7 +138,7 @@ class ItemKNNRecommender(Recommender):
         user_items = sp.csr_matrix(
             (np.ones(len(items)), (users, items)), shape=(split.n_users, self.n_items)
         )
-        top = keep_top_neighbors(cosine_similarity(user_items), self.params.neighbors)
+        top = top_neighbors(user_items, self.params.neighbors)
         # Hold the same array types that a reload gives, so scores match bit for bit.
         self._restore(self._state_of(top), {})
 
