@@ -482,6 +482,13 @@ def package(
     ] = Path("artifacts/package"),
     bentofile: Annotated[Path, typer.Option(help="the Bento build file.")] = Path("bentofile.yaml"),
     build: Annotated[bool, typer.Option(help="run `bentoml build` after importing.")] = True,
+    lock: Annotated[
+        Path | None,
+        typer.Option(
+            help="the lock file that pins the Bento's requirements. Default: "
+            "requirements/lmrec.lock.txt beside the bentofile."
+        ),
+    ] = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Package the registry's champion (and challenger) for serving.
@@ -495,7 +502,7 @@ def package(
 
     try:
         record = stage.run(
-            load_params(params), split, embeddings, out, bentofile if build else None
+            load_params(params), split, embeddings, out, bentofile if build else None, lock
         )
     except LmrecError as err:
         raise _fail(err) from None

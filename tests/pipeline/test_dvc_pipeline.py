@@ -43,6 +43,7 @@ def workspace(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))  # the package stage's store
     shutil.copy(REPO / "dvc.yaml", ws / "dvc.yaml")
     shutil.copy(REPO / "bentofile.yaml", ws / "bentofile.yaml")
+    shutil.copytree(REPO / "requirements", ws / "requirements")  # the Bento's pins
     shutil.copy(REPO / "profiles" / "tiny.yaml", ws / "params.yaml")
     shutil.copytree(REPO / "src", ws / "src", ignore=shutil.ignore_patterns("__pycache__"))
     _run(["git", "init", "-q"], ws)

@@ -146,22 +146,33 @@ def launch(
     token: str | None = None,
     load_delay_s: float | None = None,
     feedback_db: Path | None = None,
+    bento: tuple[Path, str] | None = None,
 ) -> Server:
     """Start a server in ``root`` (its cwd, log, BentoML home) without waiting for it.
 
     ``bundle`` None serves from the BentoML model store in ``root / "bentoml"`` (what
-    ``lmrec package`` fills), as a deployed service does."""
+    ``lmrec package`` fills), as a deployed service does. ``bento`` (a virtualenv, a Bento
+    tag) serves that built Bento with that virtualenv's ``bentoml``, on nothing but what
+    the Bento carries: no ``LMREC_PARAMS``, no ``PYTHONPATH``."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in OWN_ENV and not k.startswith("BENTOML_")}
     feedback_db = feedback_db or root / "fb.db"
     env.update(
         LMREC_FEEDBACK_DB=str(feedback_db),
-        LMREC_PARAMS=str(params or write_params(root / "params.yaml")),
         BENTOML_HOME=str(root / "bentoml"),
         BENTOML_DO_NOT_TRACK="true",
         OMP_NUM_THREADS="1",
     )
+    command = [str(BENTOML), "serve", SERVICE]
+    if bento is None:
+        env["LMREC_PARAMS"] = str(params or write_params(root / "params.yaml"))
+    else:
+        venv, tag = bento
+        for name in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME"):
+            env.pop(name, None)
+        env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+        command = [str(venv / "bin" / "bentoml"), "serve", tag]
     env[MARKER_ENV] = uuid.uuid4().hex
     if bundle is not None:
         env["LMREC_BUNDLE"] = str(bundle)
@@ -174,7 +185,7 @@ def launch(
     log_path = root / f"server-{port}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [str(BENTOML), "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)],
+            [*command, "--host", "127.0.0.1", "--port", str(port)],
             cwd=root,
             env=env,
             stdout=log,

@@ -24,7 +24,8 @@ Configuration (environment; the params file's ``serve`` block for everything els
 - ``LMREC_BUNDLE`` / ``LMREC_CHALLENGER_BUNDLE``: serving bundle directories; without them
   the BentoML model store's ``lmrec-champion:latest`` (and ``lmrec-challenger:latest``
   when it exists) are served, as ``lmrec package`` left them.
-- ``LMREC_PARAMS``: params file (default ``params.yaml`` when present, else defaults).
+- ``LMREC_PARAMS``: params file. Without it: the serve params the Bento was packaged with
+  (``lmrec.serving.bento``), else ``params.yaml`` when present, else the defaults.
 - ``LMREC_API_TOKEN``: when set, every API call needs ``Authorization: Bearer <token>``
   (401 otherwise); ``/livez``, ``/readyz``, ``/metrics`` and the docs stay open.
 - ``LMREC_FEEDBACK_DB``: the feedback store (default ``serve.feedback_db``); the items
@@ -55,6 +56,7 @@ from pydantic import Field
 from starlette.responses import JSONResponse
 
 from lmrec.config import ServeParams, load_params
+from lmrec.serving.bento import carried_serve_params
 from lmrec.serving.catalog_store import NewItem
 from lmrec.serving.engine import Engine, RequestError
 from lmrec.serving.feedback import FeedbackEvent, FeedbackStore
@@ -78,9 +80,15 @@ def feedback_db(params: ServeParams) -> str:
 
 
 def serve_params() -> ServeParams:
+    """The ``serve`` block in effect: ``$LMREC_PARAMS``'s, else the one a Bento carries
+    (``lmrec.serving.bento``), else ``params.yaml``'s in the working directory (``lmrec
+    serve`` on a working tree), else the defaults."""
     path = os.environ.get("LMREC_PARAMS")
     if path:
         return load_params(path).serve
+    carried = carried_serve_params()
+    if carried is not None:
+        return carried
     return load_params("params.yaml").serve if Path("params.yaml").is_file() else ServeParams()
 
 

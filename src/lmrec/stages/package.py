@@ -11,10 +11,15 @@
    labels (alias, version, digest, candidate_digest);
    the imported model becomes ``:latest``, which is what the service loads. A stale
    ``lmrec-challenger`` is removed when there is no challenger any more.
-4. ``bentoml build`` a Bento from ``bentofile.yaml`` with those exact model versions.
+4. ``bentoml build`` a Bento from ``bentofile.yaml`` with those exact model versions, the
+   requirements the serving code imports pinned by the lock file (``requirements.txt``)
+   and the ``serve`` params block (``lmrec.serving.bento``): it runs in a fresh
+   environment made from its own ``env/python/requirements.txt``, from any directory.
 
 Idempotent: a bundle already imported as the newest model of its name is not imported
-again. Writes ``out_dir/package.json`` (versions, BentoML tags, Bento tag).
+again. Writes ``out_dir/package.json`` (versions, BentoML tags, Bento tag), and for the
+build ``out_dir/bentofile.yaml`` and ``out_dir/bento-src/`` (its context, with the
+``requirements.txt``).
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ from typing import Any
 
 import yaml
 
-from lmrec.config import Params
+from lmrec.config import Params, ServeParams
 from lmrec.io import LmrecError, write_json
 from lmrec.registry.store import CHALLENGER, CHAMPION, Registry
+from lmrec.requirements import LOCK_FILE, SERVING, pinned, read_lock
+from lmrec.serving.bento import SERVE_PARAMS_FILE, write_serve_params
 from lmrec.serving.bundle import build_bundle
 from lmrec.train.tracking import tracking_uri
 
@@ -71,21 +78,54 @@ def remove_models(name: str) -> int:
     return len(models)
 
 
-def build_bento(bentofile: Path, model_tags: list[str], out_dir: Path, version: str) -> str:
-    """``bentoml build`` with the repo's bentofile plus the exact model tags; the build
-    context is the ``src/`` directory beside the bentofile (the package's source)."""
+def serving_requirements(lock: Path) -> list[str]:
+    """The Bento's requirements: every distribution the serving code imports
+    (``lmrec.requirements.SERVING``) at the version ``lock`` pins."""
+    return pinned(SERVING, read_lock(lock), str(lock))
+
+
+def build_context(package_src: Path, ctx: Path, serve: ServeParams) -> Path:
+    """The Bento's build context: a copy of the lmrec package carrying ``serve``."""
+    if ctx.exists():
+        shutil.rmtree(ctx)
+    ignore = shutil.ignore_patterns("__pycache__", SERVE_PARAMS_FILE)
+    shutil.copytree(package_src, ctx / "lmrec", ignore=ignore)
+    write_serve_params(serve, ctx / "lmrec")
+    return ctx
+
+
+def build_bento(
+    bentofile: Path,
+    model_tags: list[str],
+    out_dir: Path,
+    version: str,
+    serve: ServeParams,
+    requirements: list[str],
+) -> str:
+    """``bentoml build`` with the repo's bentofile plus the exact model tags, the pinned
+    requirements and the serve params; the package's source is ``src/lmrec`` beside the
+    bentofile. By hand: ``bentoml build -f out_dir/bentofile.yaml out_dir/bento-src``."""
     import bentoml
 
     config = yaml.safe_load(bentofile.read_text())
+    python = dict(config.get("python") or {})
+    if {"packages", "requirements_txt"} & python.keys():
+        raise LmrecError(
+            f"{bentofile}: python.packages / python.requirements_txt are written by lmrec "
+            "package (lmrec.requirements.SERVING pinned by the lock file); remove them"
+        )
+    ctx = build_context(bentofile.parent / "src" / "lmrec", out_dir / "bento-src", serve)
+    # BentoML takes the file relative to the build context only.
+    (ctx / "requirements.txt").write_text("\n".join(["# lmrec package", *requirements, ""]))
+    config["python"] = {**python, "requirements_txt": "requirements.txt"}
     config["models"] = model_tags
     resolved = out_dir / "bentofile.yaml"
     resolved.write_text(yaml.safe_dump(config, sort_keys=False))
-    build_ctx = (bentofile.parent / "src").resolve()
     # The same champion packaged again: rebuild its Bento (the code may have changed).
     with contextlib.suppress(bentoml.exceptions.NotFound):
         bentoml.bentos.delete(f"{config.get('name', 'lmrec')}:{version}")
     bento = bentoml.bentos.build_bentofile(
-        str(resolved.resolve()), build_ctx=str(build_ctx), version=version
+        str(resolved.resolve()), build_ctx=str(ctx.resolve()), version=version
     )
     return str(bento.tag)
 
@@ -96,6 +136,7 @@ def run(
     embed_dir: Path,
     out_dir: Path,
     bentofile: Path | None = Path("bentofile.yaml"),
+    lock: Path | None = None,
 ) -> dict[str, Any]:
     """Package the champion (and challenger); build the Bento unless ``bentofile`` is None.
 
@@ -105,7 +146,12 @@ def run(
         embed_dir: the item text embeddings.
         out_dir: ``bundles/``, ``package.json`` and the resolved ``bentofile.yaml``.
         bentofile: the Bento build file, or None to import the bundles only.
+        lock: the lock file that pins the Bento's requirements (default:
+            ``requirements/lmrec.lock.txt`` beside the bentofile, as ``src/`` is).
     """
+    requirements = []
+    if bentofile is not None:
+        requirements = serving_requirements(lock or bentofile.parent / LOCK_FILE)
     registry = Registry(tracking_uri(params.train.mlflow.tracking_uri), params.register.model_name)
     record: dict[str, Any] = {"model_name": registry.name, "models": {}}
     tags = []
@@ -138,7 +184,9 @@ def run(
     if bentofile is not None:
         champion = record["models"][CHAMPION]
         bento_version = tags[0].split(":")[1]
-        record["bento"] = build_bento(bentofile, tags, out_dir, bento_version)
+        record["bento"] = build_bento(
+            bentofile, tags, out_dir, bento_version, params.serve, requirements
+        )
         record["bento_version_of"] = f"champion v{champion['version']}"
     write_json(out_dir / PACKAGE_FILE, record)
     return record

@@ -10,7 +10,9 @@ pointing at a real tracking server is configuration only. Every run records:
 - metrics: per epoch (training loss, validation metrics, epoch seconds), then the summary;
 - the model: an MLflow pyfunc "model from code" (``lmrec/train/pyfunc_model.py``, no
   pickle) whose artifact is the saved model directory (safetensors + config + id maps),
-  with an input/output signature.
+  with an input/output signature, the lmrec package's source (``code_paths``) and the
+  pinned requirements of what that code imports, so ``mlflow.pyfunc.load_model`` works in
+  a fresh environment made from the model's ``requirements.txt``.
 """
 
 from __future__ import annotations
@@ -26,9 +28,19 @@ from typing import Any
 import yaml
 
 from lmrec.io import LmrecError
+from lmrec.requirements import PYFUNC, installed_versions, pinned
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+#: the lmrec package's source, shipped inside every logged model (``code_paths``)
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def pyfunc_requirements() -> list[str]:
+    """The pyfunc model's pip requirements: every distribution its code imports
+    (``lmrec.requirements.PYFUNC``) at the version this (the training) environment has,
+    which in ``.venv`` is the lock's; lmrec itself travels as code, not as a requirement."""
+    return pinned(PYFUNC, installed_versions(PYFUNC), "this environment")
 
 
 def tracking_uri(configured: str) -> str:
@@ -133,7 +145,8 @@ class Tracker:
                 python_model=str(PYFUNC_CODE),
                 artifacts={"model": str(model_dir)},
                 signature=signature,
-                pip_requirements=["lmrec"],
+                pip_requirements=pyfunc_requirements(),
+                code_paths=[str(PACKAGE_DIR)],
             )
         return info.model_uri
 
