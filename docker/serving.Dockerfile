@@ -3,12 +3,18 @@
 # It runs `lmrec serve --host 0.0.0.0` (BentoML 1.4, port 3000) on a serving bundle mounted
 # at /bundle (LMREC_BUNDLE): `lmrec package` writes one per alias under
 # artifacts/package/bundles/<alias>/, `lmrec bundle --model DIR --out DIR` builds one without
-# the registry. The full lmrec lock is installed (CPU torch), as in `make setup`'s .venv; the
-# Bento built by `bentoml containerize` is slimmer (bentofile.yaml's package list only).
+# the registry. The full lmrec lock is installed (CPU torch), as in `make setup`'s .venv (the
+# image runs the `lmrec` CLI); the Bento built by `bentoml containerize` is slimmer: only
+# what the serving code imports (lmrec.requirements.SERVING at the lock's versions).
+# Like the Bento, the image carries its serve params: params.yaml's `serve` block is written
+# into the installed package (lmrec/serving/serve_params.json) at build time; set
+# LMREC_PARAMS to a mounted params file to override it. The user-id salt is not baked in:
+# pass LMREC_USER_ID_SALT at run time (the one `lmrec ingest` used), or known users get the
+# cold-start answer.
 #
 # Build from the repository root, then run with a bundle:
 #   docker build -f docker/serving.Dockerfile -t lmrec-serving:dev .
-#   docker run --rm -p 3000:3000 -e LMREC_API_TOKEN=... \
+#   docker run --rm -p 3000:3000 -e LMREC_API_TOKEN=... -e LMREC_USER_ID_SALT=... \
 #     -v "$PWD/artifacts/package/bundles/champion":/bundle:ro lmrec-serving:dev
 FROM python:3.11.14-slim-bookworm
 
@@ -21,7 +27,6 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/lmrec/.venv/bin:${PATH} \
     BENTOML_HOME=/var/lib/lmrec/bentoml \
     LMREC_BUNDLE=/bundle \
-    LMREC_PARAMS=/opt/lmrec/params.yaml \
     LMREC_FEEDBACK_DB=/var/lib/lmrec/feedback/feedback.db
 
 RUN useradd --create-home --uid 1000 --shell /usr/sbin/nologin lmrec \
@@ -41,9 +46,13 @@ RUN pip install --no-cache-dir --no-deps /tmp/lmrec-src \
  && rm -rf /tmp/lmrec-src /tmp/requirements \
  && lmrec serve --help > /dev/null
 
-# The repo's params.yaml: the service reads its `serve` block (mount another over it, or set
-# LMREC_PARAMS, to change limits, faiss, A/B share...).
-COPY --chown=1000:1000 params.yaml /opt/lmrec/params.yaml
+# The repo's params.yaml's `serve` block, carried by the installed package as in the Bento
+# (lmrec.serving.bento); LMREC_PARAMS=<a mounted params file> overrides it.
+COPY --chown=1000:1000 params.yaml /tmp/params.yaml
+RUN python -c "import pathlib, lmrec; from lmrec.config import load_params; \
+from lmrec.serving.bento import write_serve_params; \
+write_serve_params(load_params('/tmp/params.yaml').serve, pathlib.Path(lmrec.__file__).parent)" \
+ && rm /tmp/params.yaml
 WORKDIR /opt/lmrec
 VOLUME ["/var/lib/lmrec/feedback"]
 EXPOSE 3000
