@@ -99,6 +99,7 @@ class EmbedParams(Block):
     batch_size: int = Field(64, ge=1)
     max_length: int = Field(128, ge=8)
     normalize: bool = True
+    cache_dir: str | None = None
 
 
 class EarlyStoppingParams(Block):
@@ -123,6 +124,7 @@ class TrainParams(Block):
     data_fraction: float = Field(1.0, gt=0, le=1)
     device: str = "auto"
     threads: int = Field(0, ge=0)
+    validation_max_users: int = Field(10_000, ge=0)
     sequential: dict = Field(default_factory=dict)
     baselines: dict[str, dict] = Field(
         default_factory=lambda: {"popularity": {}, "itemknn": {}, "mf": {}}
@@ -141,6 +143,8 @@ class EvaluateParams(Block):
     short_history_max: int = Field(5, ge=1)
     popularity_bins: int = Field(10, ge=1)
     batch_size: int = Field(256, ge=1)
+    max_users: int | None = Field(None, ge=1)
+    sample_seed: int = 0
 
 
 METRIC_PATH = (

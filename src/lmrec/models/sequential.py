@@ -24,6 +24,8 @@ The model is split as RecBole splits ``sasrec.py`` from ``trainer.py``:
 - ``sequential_net``: the torch network (item tower + causal transformer) and its tokens.
 - ``sequential_loss``: ``history_tokens``, ``training_windows`` and ``NextItemObjective``,
   the loss DDP wraps.
+- ``sequential_windows``: ``StreamedWindows``, the training windows built batch by batch
+  (exactly ``training_windows``'s, without materialising them).
 - ``sequential_fit``: the loop (``TrainingLoop``), ``TrainState`` checkpoints,
   ``DataParallel``, ``lr_factor`` and the fine-tuned encoder tower (``build_tower``).
 """

@@ -25,9 +25,10 @@ from tqdm.auto import tqdm
 
 from lmrec.io import LmrecError
 from lmrec.models.base import ModelLoadError
-from lmrec.models.sequential_loss import NextItemObjective, training_windows
+from lmrec.models.sequential_loss import NextItemObjective
 from lmrec.models.sequential_net import PAD, SequentialNet
 from lmrec.models.sequential_params import SequentialParams, resolve_precision
+from lmrec.models.sequential_windows import StreamedWindows
 from lmrec.text.encoder import TextEncoder
 from lmrec.text.tuning import LoraSettings, TextTower
 
@@ -164,14 +165,14 @@ class TrainingLoop:
     ) -> None:
         """Train the remaining epochs; ``on_epoch_end(epoch)`` returning True stops early."""
         p, parallel = self.p, self.parallel
-        windows = training_windows(train, p.max_len, p.window_stride)
+        windows = StreamedWindows(train, p.max_len, p.window_stride)
         model = parallel.wrap(self.objective) if parallel.wrap is not None else self.objective
         for epoch in range(self.epochs_done, p.epochs):
             # Per-epoch seeds: a resumed fit draws exactly what the uninterrupted one did.
             torch.manual_seed(p.seed * 1_000_003 + epoch * 7_919 + parallel.rank)
             if p.window_jitter:
                 rng = np.random.default_rng([p.seed, epoch, 1])
-                windows = training_windows(train, p.max_len, p.window_stride, rng)
+                windows = StreamedWindows(train, p.max_len, p.window_stride, rng)
             self.epoch_losses.append(self._epoch(model, windows, epoch, progress))
             self.epochs_done = epoch + 1
             self.objective.eval()
@@ -181,16 +182,13 @@ class TrainingLoop:
     def _epoch(
         self,
         model: nn.Module,
-        windows: tuple[np.ndarray, np.ndarray],
+        windows: StreamedWindows,
         epoch: int,
         progress: bool,
     ) -> float:
         """One pass over the shuffled windows; returns the mean loss over all processes."""
         p, parallel = self.p, self.parallel
-        tokens_all, targets_all = (torch.from_numpy(a) for a in windows)
-        order = torch.from_numpy(
-            np.random.default_rng([p.seed, epoch]).permutation(len(tokens_all))
-        )
+        order = torch.from_numpy(np.random.default_rng([p.seed, epoch]).permutation(len(windows)))
         batches = [b for b in order.split(p.batch_size) if len(b) >= parallel.world_size]
         self.objective.train()
         total = 0.0
@@ -202,7 +200,7 @@ class TrainingLoop:
             leave=False,
         ) as bar:
             for step, batch in enumerate(batches):
-                objective_value, loss = self._forward(model, tokens_all, targets_all, batch)
+                objective_value, loss = self._forward(model, *windows.batch(batch))
                 if not torch.isfinite(loss):
                     raise LmrecError(
                         f"sequential: non-finite training loss at epoch {epoch + 1}, "
@@ -225,18 +223,18 @@ class TrainingLoop:
         model: nn.Module,
         tokens_all: torch.Tensor,
         targets_all: torch.Tensor,
-        batch: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The objective on this process's rows of ``batch``: (value to backward, mean loss).
+        """The objective on this process's rows of a global batch's windows: (value to
+        backward, mean loss).
 
         The value is scaled so that its gradient, summed over the accumulated batches and
         averaged over processes, is the mean-loss gradient of the whole global batches.
         """
         p, parallel, device = self.p, self.parallel, self.device
-        local = batch[parallel.rank :: parallel.world_size]
-        tokens, targets = tokens_all[local], targets_all[local]
+        tokens = tokens_all[parallel.rank :: parallel.world_size]
+        targets = targets_all[parallel.rank :: parallel.world_size]
         width = int((tokens != PAD).sum(1).max())  # trim the common right padding
-        positions = int((targets_all[batch] >= 0).sum())
+        positions = int((targets_all >= 0).sum())
         scale = parallel.world_size / (positions * p.grad_accum_steps)
         with torch.autocast(
             device.type,

@@ -8,6 +8,14 @@ writes, atomically:
 - ``encoder.json``: what reloading and auditing need (encoder name,
   dim, max_length, normalize, n_items, and SHA-256 digests of the encoder's weights and
   of the embedded texts, so a swapped encoder or stale embeddings are detectable).
+
+With ``embed.cache_dir`` set, vectors are also kept by text SHA-256 in that folder
+(``lmrec.text.cache``): a run encodes only the texts missing there, in shards of
+``shard_texts`` texts written as they finish, so a catalog grown by 1% encodes 1% and a
+killed run resumes at its last whole shard. The cache is deliberately not a DVC dependency
+or output: it never changes the result beyond float rounding (a text's vector is computed in
+other batch company than in a cold run: within 1e-5, see tests/pipeline/test_embed_stage.py),
+and declaring it would re-run the stage whenever it grows.
 """
 
 from __future__ import annotations
@@ -23,10 +31,13 @@ from safetensors.numpy import load_file, save_file
 from lmrec.config import EmbedParams
 from lmrec.features.dataset import ITEM_TEXT_FILE
 from lmrec.io import DataError, atomic_dir, read_table, write_json
+from lmrec.text.cache import EmbeddingCache, cache_key, text_sha256
 from lmrec.text.encoder import TextEncoder, weights_sha256
 
 EMBEDDINGS_FILE = "item_embeddings.safetensors"
 META_FILE = "encoder.json"
+#: Texts encoded, then written to the cache, at a time (what a killed run can lose).
+SHARD_TEXTS = 4096
 
 
 def _item_texts(items_path: Path) -> list[str]:
@@ -45,18 +56,32 @@ def texts_sha256(texts: list[str]) -> str:
     return hashlib.sha256("\0".join(texts).encode()).hexdigest()
 
 
-def run(cfg: EmbedParams, split_dir: Path, out_dir: Path, progress: bool = True) -> dict:
-    """Encode the split's item texts and write the embed directory; return its summary."""
+def run(
+    cfg: EmbedParams,
+    split_dir: Path,
+    out_dir: Path,
+    progress: bool = True,
+    shard_texts: int = SHARD_TEXTS,
+) -> dict:
+    """Encode the split's item texts and write the embed directory; return its summary
+    (``encoded``: texts run through the encoder, ``cached``: texts taken from the cache)."""
     texts = _item_texts(Path(split_dir) / ITEM_TEXT_FILE)
     encoder = TextEncoder(cfg.encoder)
+    weights = weights_sha256(encoder.path)
     start = time.perf_counter()
-    embeddings = encoder.encode(
-        texts, cfg.batch_size, cfg.max_length, normalize=cfg.normalize, progress=progress
-    )
+    if cfg.cache_dir is None:
+        embeddings = encoder.encode(
+            texts, cfg.batch_size, cfg.max_length, normalize=cfg.normalize, progress=progress
+        )
+        encoded = len(texts)
+    else:
+        key = cache_key(encoder.path, weights, cfg.max_length, cfg.normalize)
+        cache = EmbeddingCache(Path(cfg.cache_dir), key)
+        embeddings, encoded = _encode_cached(encoder, cache, texts, cfg, progress, shard_texts)
     seconds = time.perf_counter() - start
     meta = {
         "encoder": cfg.encoder,
-        "weights_sha256": weights_sha256(encoder.path),
+        "weights_sha256": weights,
         "dim": encoder.dim,
         "max_length": cfg.max_length,
         "normalize": cfg.normalize,
@@ -72,8 +97,38 @@ def run(cfg: EmbedParams, split_dir: Path, out_dir: Path, progress: bool = True)
         "dim": encoder.dim,
         "encoder": cfg.encoder,
         "device": str(encoder.device),
+        "encoded": encoded,
+        "cached": len(texts) - encoded,
         "seconds": round(seconds, 2),
     }
+
+
+def _encode_cached(
+    encoder: TextEncoder,
+    cache: EmbeddingCache,
+    texts: list[str],
+    cfg: EmbedParams,
+    progress: bool,
+    shard_texts: int,
+) -> tuple[np.ndarray, int]:
+    """Every text's vector, encoding (longest first) and caching only the missing ones.
+
+    Returns:
+        (float32 ``[len(texts), dim]`` in item order, how many distinct texts were encoded).
+    """
+    digests = text_sha256(texts)
+    _, first, inverse = np.unique(digests, axis=0, return_index=True, return_inverse=True)
+    missing = first[cache.lookup(digests[first]) < 0]  # one row per distinct new text
+    lengths = encoder.token_lengths([texts[i] for i in missing], cfg.max_length)
+    missing = missing[np.argsort(-lengths, kind="stable")]
+    for start in range(0, len(missing), shard_texts):
+        rows = missing[start : start + shard_texts]
+        vectors = encoder.encode(
+            [texts[i] for i in rows], cfg.batch_size, cfg.max_length, cfg.normalize, progress
+        )
+        cache.store(digests[rows], vectors)
+    rows = cache.lookup(digests[first])[inverse.reshape(-1)]
+    return cache.vectors(rows), len(missing)
 
 
 def load_embeddings(embed_dir: Path) -> tuple[np.ndarray, dict]:

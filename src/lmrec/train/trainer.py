@@ -2,7 +2,9 @@
 
 ``train_sequential`` runs one fit of ``SequentialRecommender``:
 
-1. Every epoch ends with validation on the protocol's ``val`` stage (rank 0), the metrics go
+1. Every epoch ends with validation on the protocol's ``val`` stage (rank 0; on a seeded
+   sample of ``validation_max_users`` users when the split has more, see
+   ``validation_split``), the metrics go
    to MLflow, the best model so far is saved to ``<checkpoint_dir>/best``, and the whole
    training state to ``<checkpoint_dir>/last`` (both atomically).
 2. Training stops after ``patience`` epochs without a ``min_delta`` gain in the early-stopping
@@ -22,7 +24,7 @@ import json
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +61,14 @@ def sequential_params(cfg: TrainParams, device: str | None = None) -> Sequential
         raise LmrecError(f"params.yaml: train.sequential: {err}") from err
 
 
-def fingerprint(params: SequentialParams, split: SplitData, embeddings: np.ndarray | None) -> str:
-    """Digest of what decides a run's result: hyperparameters, training data, embeddings.
+def fingerprint(
+    params: SequentialParams,
+    split: SplitData,
+    embeddings: np.ndarray | None,
+    validated: np.ndarray | None = None,
+) -> str:
+    """Digest of what decides a run's result: hyperparameters, training data, embeddings
+    (and the validation sample, ``validated``, when early stopping sees one).
 
     The device is left out: a run checkpointed on one device may resume on another.
     """
@@ -70,9 +78,29 @@ def fingerprint(params: SequentialParams, split: SplitData, embeddings: np.ndarr
     for seq in split.train:
         digest.update(np.asarray(seq, dtype=np.int64).tobytes() + b"|")
     digest.update(np.asarray(split.val_items, dtype=np.int64).tobytes())
+    if validated is not None:
+        digest.update(b"validated" + np.asarray(validated, dtype=np.int64).tobytes())
     if embeddings is not None:
         digest.update(np.ascontiguousarray(embeddings, dtype=np.float32).tobytes())
     return digest.hexdigest()
+
+
+def validation_split(split: SplitData, max_users: int, seed: int) -> SplitData:
+    """``split`` with validation targets kept for a seeded sample of ``max_users`` users.
+
+    Early stopping only compares epochs, so a fixed sample bounds every validation pass:
+    with 10,000 users the NDCG@10 of a pass has a standard error of about 0.002 (per-user
+    NDCG is mostly 0, sd ~ 0.2), below the epoch-to-epoch gains it has to see. The other
+    users' validation items become -1 (not scored); training data, catalog and test items
+    stay. ``max_users`` 0, or no more users with a validation item than that: ``split``.
+    """
+    users = np.flatnonzero(np.asarray(split.val_items) >= 0)
+    if max_users == 0 or len(users) <= max_users:
+        return split
+    keep = np.random.default_rng([seed, 2]).choice(users, max_users, replace=False)
+    val_items = np.full_like(np.asarray(split.val_items), -1)
+    val_items[keep] = np.asarray(split.val_items)[keep]
+    return replace(split, val_items=val_items)
 
 
 @dataclass
@@ -140,7 +168,8 @@ def train_sequential(
     """Fit the sequential model with validation, early stopping and per-epoch checkpoints.
 
     Args:
-        split: the data (validation always runs on all of it).
+        split: the data (validation runs on all of it, or on ``cfg.validation_max_users``
+            of its users: ``validation_split``).
         embeddings: item text embeddings from the embed stage.
         cfg: the ``train`` params block.
         checkpoint_dir: where ``last/`` and ``best/`` live (cleared unless resuming).
@@ -162,7 +191,9 @@ def train_sequential(
     parallel = distributed.setup(dist, device)
     print_ = print if dist.is_main else (lambda *a, **k: None)
     fit_split = split if fit_split is None else fit_split
-    fp = fingerprint(params, fit_split, embeddings)
+    val_split = validation_split(split, cfg.validation_max_users, cfg.seed)
+    sampled = None if val_split is split else np.flatnonzero(val_split.val_items >= 0)
+    fp = fingerprint(params, fit_split, embeddings, sampled)
     state, stopper, history, resumed_from = None, None, [], None
     if resume and (checkpoint_dir / LAST).is_dir():
         state, meta = load_checkpoint(checkpoint_dir / LAST)
@@ -189,7 +220,7 @@ def train_sequential(
         stop = False
         if dist.is_main:
             seconds = time.perf_counter() - epoch_started[0]
-            val = _clean(evaluate(model, split, "val"))
+            val = _clean(evaluate(model, val_split, "val"))
             row = {"epoch": epoch, "loss": model.epoch_losses[-1], "epoch_seconds": seconds}
             row.update({f"val_{k}": v for k, v in val.items() if k not in ("n_users",)})
             history.append(row)
@@ -249,7 +280,9 @@ def train_baselines(
     fit_split: SplitData | None = None,
 ) -> dict[str, tuple[Any, dict[str, float], float]]:
     """Fit each configured baseline (on ``fit_split``, default ``split``); validate on
-    ``split``; return name -> (model, val metrics, fit seconds)."""
+    ``split`` (the users the sequential model's early stopping sees: ``validation_split``);
+    return name -> (model, val metrics, fit seconds)."""
+    val_split = validation_split(split, cfg.validation_max_users, cfg.seed)
     out = {}
     for name, values in cfg.baselines.items():
         try:
@@ -262,7 +295,7 @@ def train_baselines(
         start = time.perf_counter()
         model.fit(split if fit_split is None else fit_split)
         seconds = time.perf_counter() - start
-        val = _clean(evaluate(model, split, "val"))
+        val = _clean(evaluate(model, val_split, "val"))
         out[name] = (model, val, seconds)
         if tracker is not None:
             tracker.log_metrics(
