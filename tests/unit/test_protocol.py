@@ -174,7 +174,8 @@ def test_cold_slice_only_ranks_cold_items(split):
 
 def test_protocol_slices_select_the_right_users(split):
     result = P.evaluate_protocol(Oracle(split, "test"), split, k=10, short_history_max=5)
-    assert set(result) == {"overall", "slices"}
+    assert set(result) == {"overall", "slices", "sample"}
+    assert result["sample"]["users_evaluated"] == result["sample"]["users_total"] == 3
     assert set(result["slices"]) == {"new_items", "cold_items", "short_history", "long_tail"}
     assert result["overall"]["n_users"] == 3
     assert result["slices"]["short_history"]["n_users"] == 2  # u1, u2

@@ -61,20 +61,52 @@ def _catalog(p: SyntheticParams, rng: np.random.Generator) -> tuple[pd.DataFrame
     return items, world
 
 
+class _Pools:
+    """Per preferred-topic set: the candidate items and the cumulative Zipf weights.
+
+    Built once per distinct topic set (at most ``n_topics`` choose 2 of them) instead of
+    once per user: a per-user ``np.isin`` over the catalog and a per-draw ``cumsum`` over
+    the pool made generation grow with users x items.
+    """
+
+    def __init__(self, world: SyntheticWorld) -> None:
+        self.world = world
+        self._cache: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
+
+    def get(self, topics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        key = tuple(sorted(int(t) for t in topics))
+        if key not in self._cache:
+            pool = np.flatnonzero(np.isin(self.world.item_topic, topics))
+            weights = 1.0 / np.arange(1, len(pool) + 1) ** 0.8  # Zipf-like popularity
+            weights = weights / weights.sum()
+            # numpy's Generator.choice(pool, p=weights) draws exactly this: one uniform,
+            # searchsorted (right) into the normalised cumulative weights.
+            cdf = weights.cumsum()
+            cdf /= cdf[-1]
+            self._cache[key] = pool, cdf
+        return self._cache[key]
+
+
 def _user_sequence(
-    p: SyntheticParams, rng: np.random.Generator, world: SyntheticWorld, topics: np.ndarray
+    p: SyntheticParams,
+    rng: np.random.Generator,
+    world: SyntheticWorld,
+    pools: _Pools,
+    topics: np.ndarray,
 ) -> list[int]:
-    pool = np.flatnonzero(np.isin(world.item_topic, topics))
-    weights = 1.0 / np.arange(1, len(pool) + 1) ** 0.8  # Zipf-like popularity in the pool
-    weights = weights / weights.sum()
+    pool, cdf = pools.get(topics)
+
+    def draw() -> int:
+        return int(pool[cdf.searchsorted(rng.random(), side="right")])
+
     mean = max(5, p.n_interactions // p.n_users)
     length = int(np.clip(rng.poisson(mean), 5, len(pool)))
-    seq: list[int] = [int(rng.choice(pool, p=weights))]
+    seq: list[int] = [draw()]
     seen = set(seq)
     while len(seq) < length:
         nxt = int(world.successor[seq[-1]])
         if rng.random() >= p.p_next or nxt in seen:
-            nxt = int(rng.choice(pool, p=weights))
+            nxt = draw()
             if nxt in seen:
                 continue
         seq.append(nxt)
@@ -88,12 +120,13 @@ def generate(p: SyntheticParams) -> tuple[pd.DataFrame, pd.DataFrame, SyntheticW
     items, world = _catalog(p, rng)
     rows_user, rows_item, rows_ts = [], [], []
     user_topics = []
+    pools = _Pools(world)
     for u in range(p.n_users):
         topics = rng.choice(
             p.n_topics, size=min(p.n_topics, 1 + int(rng.random() < 0.3)), replace=False
         )
         user_topics.append(np.sort(topics))
-        seq = _user_sequence(p, rng, world, topics)
+        seq = _user_sequence(p, rng, world, pools, topics)
         ts = _T0 + int(rng.integers(0, 180 * 86_400))
         for step, item in enumerate(seq):
             if step and rng.random() >= p.p_same_second:

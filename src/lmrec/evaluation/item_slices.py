@@ -20,19 +20,34 @@ from lmrec.evaluation.ranking import (
 from lmrec.features.dataset import SplitData
 
 
+def _restrict(users: np.ndarray, sample: np.ndarray | None) -> np.ndarray:
+    """The rows of ``users`` kept by a user sample (all of them without one)."""
+    return np.ones(len(users), dtype=bool) if sample is None else np.isin(users, sample)
+
+
 def cold_item_slice(
-    model: Scorer, split: SplitData, stage: str = "test", k: int = 10, batch_size: int = 256
+    model: Scorer,
+    split: SplitData,
+    stage: str = "test",
+    k: int = 10,
+    batch_size: int = 256,
+    users: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Rank only the cold items for each user of ``split.cold``; relevant = its cold items.
 
+    Args:
+        users: a user sample (``protocol.sample_users``): only its users are scored.
+
     Returns:
         ``hr@k`` (any cold item hit), ``ndcg@k``, ``recall@k``, ``n_users``, ``n_items``
-        (the cold catalog size) and ``n_nonfinite``.
+        (the cold catalog size), ``n_nonfinite``, ``users_evaluated``, ``users_total`` and
+        ``ci95`` (``metrics.rank_intervals``).
     """
     stage_targets(split, stage)
     not_cold = ~cold_mask(split)
     by_user = split.cold.groupby("user_idx")["item_idx"].apply(np.asarray)
-    users = by_user.index.to_numpy(dtype=np.int64)
+    everyone = by_user.index.to_numpy(dtype=np.int64)
+    users = everyone[_restrict(everyone, users)]
     per_user, nonfinite = [], 0
     for batch, histories, scores in batches(model, split, users, stage, batch_size):
         relevant = [by_user[u] for u in batch]
@@ -49,6 +64,9 @@ def cold_item_slice(
         "n_users": len(users),
         "n_items": int((~not_cold).sum()),
         "n_nonfinite": nonfinite,
+        "users_evaluated": len(users),
+        "users_total": len(everyone),
+        "ci95": M.rank_intervals(ranks, len(everyone), [f"hr@{k}", f"ndcg@{k}", f"recall@{k}"]),
     }
 
 
@@ -79,7 +97,12 @@ def new_item_rows(split: SplitData, stage: str) -> tuple[np.ndarray, np.ndarray,
 
 
 def new_item_slice(
-    model: Scorer, split: SplitData, stage: str = "test", k: int = 10, batch_size: int = 256
+    model: Scorer,
+    split: SplitData,
+    stage: str = "test",
+    k: int = 10,
+    batch_size: int = 256,
+    users: np.ndarray | None = None,
 ) -> dict[str, float]:
     """HR/NDCG/MRR@k of the ``new_items`` rows (``new_item_rows``), full-catalog ranking.
 
@@ -87,11 +110,18 @@ def new_item_slice(
     interactions, so a model must rank it from its content alone against warm items. A
     scorer of fixed per-user rows (``score_rows(users)``: benchmark peers) is given its rows.
 
+    Args:
+        users: a user sample (``protocol.sample_users``): only its users' rows are scored.
+
     Returns:
         ``hr@k``, ``ndcg@k``, ``mrr@k``, ``n_users`` (rows), ``n_items`` (items without
-        training interactions) and ``n_nonfinite``.
+        training interactions), ``n_nonfinite``, ``users_evaluated``, ``users_total`` and
+        ``ci95`` (``metrics.rank_intervals``).
     """
-    users, targets, histories = new_item_rows(split, stage)
+    all_users, all_targets, all_histories = new_item_rows(split, stage)
+    keep = _restrict(all_users, users)
+    users, targets = all_users[keep], all_targets[keep]
+    histories = [h for h, kept in zip(all_histories, keep, strict=True) if kept]
     ranks, nonfinite = [], 0
     rows_of = getattr(model, "score_rows", None)
     for start in range(0, len(users), max(batch_size, 1)):
@@ -112,4 +142,7 @@ def new_item_slice(
         "n_users": len(users),
         "n_items": int((train_counts(split) == 0).sum()),
         "n_nonfinite": nonfinite,
+        "users_evaluated": len(users),
+        "users_total": len(all_users),
+        "ci95": M.rank_intervals(ranks_all, len(all_users), [f"hr@{k}", f"ndcg@{k}", f"mrr@{k}"]),
     }

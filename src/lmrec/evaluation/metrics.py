@@ -18,6 +18,7 @@ Averages over an empty set of users are NaN: "not measured" rather than a mislea
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -163,16 +164,26 @@ def _mean(values: np.ndarray) -> float:
 
 def hit_rate(ranks: np.ndarray, k: int) -> float:
     """HR@k: share of users with at least one relevant item ranked below ``k``."""
+    return _mean(hit_values(ranks, k))
+
+
+def hit_values(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Per user with a relevant item: 1.0 when one ranks below ``k``, else 0.0."""
     ranks, valid = _rank_matrix(ranks)
-    return _mean(((ranks < k) & valid).any(axis=1))
+    return ((ranks < k) & valid).any(axis=1).astype(np.float64)
 
 
 def mrr(ranks: np.ndarray, k: int) -> float:
     """MRR@k: mean of ``1 / (best_rank + 1)`` where the best rank is below ``k``, else 0."""
+    return _mean(mrr_values(ranks, k))
+
+
+def mrr_values(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Per user: ``1 / (best_rank + 1)`` where the best rank is below ``k``, else 0."""
     ranks, valid = _rank_matrix(ranks)
     big = np.iinfo(np.int64).max
     best = np.where(valid, ranks, big).min(axis=1, initial=big)
-    return _mean(np.where(best < k, 1.0 / (np.minimum(best, k) + 1.0), 0.0))
+    return np.where(best < k, 1.0 / (np.minimum(best, k) + 1.0), 0.0)
 
 
 def ndcg(ranks: np.ndarray, k: int) -> float:
@@ -181,17 +192,51 @@ def ndcg(ranks: np.ndarray, k: int) -> float:
     With one relevant item this is ``1 / log2(rank + 2)`` if ``rank < k`` else 0; with several
     the DCG is divided by the ideal DCG of ``min(n_relevant, k)`` hits.
     """
+    return _mean(ndcg_values(ranks, k))
+
+
+def ndcg_values(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Per user: NDCG@k (see ``ndcg``)."""
     ranks, valid = _rank_matrix(ranks)
     hit = valid & (ranks < k)
     gains = np.where(hit, 1.0 / np.log2(np.where(hit, ranks, 0) + 2.0), 0.0).sum(axis=1)
     ideal = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(k) + 2.0))])
-    return _mean(gains / ideal[np.minimum(valid.sum(axis=1), k)])
+    return gains / ideal[np.minimum(valid.sum(axis=1), k)]
 
 
 def recall_at_k(ranks: np.ndarray, k: int) -> float:
     """Recall@k: mean over users of the share of their relevant items ranked below ``k``."""
+    return _mean(recall_values(ranks, k))
+
+
+def recall_values(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Per user: the share of their relevant items ranked below ``k``."""
     ranks, valid = _rank_matrix(ranks)
-    return _mean(((ranks < k) & valid).sum(axis=1) / valid.sum(axis=1))
+    return ((ranks < k) & valid).sum(axis=1) / valid.sum(axis=1)
+
+
+def mean_interval(values: np.ndarray, population: int, z: float = 1.96) -> tuple[float, float]:
+    """Normal-approximation interval of a population mean from a simple random sample.
+
+    ``values`` are the sampled users' per-user metric values, drawn without replacement
+    from ``population`` users; the standard error carries the finite-population correction
+    ``sqrt((N - n) / (N - 1))``, so a "sample" of every user has zero width (the value is
+    then exact, not an estimate). ``z`` 1.96 gives the 95% interval.
+
+    Returns:
+        (low, high); NaNs for an empty sample.
+    """
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan")
+    if population < n:
+        raise ValueError(f"a sample of {n} users from a population of {population}")
+    mean = float(np.mean(values))
+    if n < 2 or population == n:
+        return mean, mean
+    fpc = math.sqrt((population - n) / (population - 1))
+    half = z * float(np.std(values, ddof=1)) / math.sqrt(n) * fpc
+    return mean - half, mean + half
 
 
 def top_k(scores: np.ndarray, k: int, exclude_mask: np.ndarray | None = None) -> np.ndarray:
@@ -377,3 +422,27 @@ def intra_list_diversity(top_items: np.ndarray, item_embeddings: np.ndarray) -> 
     dist = np.where(pairs, 1.0 - sim, 0.0).sum(axis=(1, 2))
     keep = n_pairs > 0
     return _mean(dist[keep] / n_pairs[keep])
+
+
+_PER_USER = {"hr": hit_values, "ndcg": ndcg_values, "mrr": mrr_values, "recall": recall_values}
+
+
+def rank_intervals(
+    ranks: np.ndarray, population: int, metrics: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """95% intervals (``mean_interval``) of rank metrics named like ``"ndcg@10"``.
+
+    Args:
+        ranks: the sampled users' ranks (as for ``hit_rate``).
+        population: how many users the sample was drawn from.
+        metrics: names ``<hr|ndcg|mrr|recall>@<k>``.
+
+    Returns:
+        ``{name: {"low": float, "high": float}}``.
+    """
+    out = {}
+    for name in metrics:
+        kind, _, k = name.partition("@")
+        low, high = mean_interval(_PER_USER[kind](ranks, int(k)), population)
+        out[name] = {"low": low, "high": high}
+    return out

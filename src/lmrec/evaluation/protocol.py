@@ -15,6 +15,13 @@ computed once per user and then averaged overall and over slices:
 * ``short_history``: users with at most ``short_history_max`` training interactions.
 * ``long_tail``: users whose target is not a head item (``metrics.head_items``).
 
+Full ranking is the protocol. For very large user counts ``max_users`` scores a seeded
+simple random sample of the users with a target (``sample_users``; the item slices keep
+their rows of the sampled users): every per-user metric then carries a 95% interval
+(normal approximation with the finite-population correction, ``metrics.mean_interval``)
+under ``ci95``, and each group states ``users_evaluated`` and ``users_total``. With every
+user scored the intervals have zero width.
+
 The two item slices live in ``item_slices``; what every pass shares (the ``Scorer``
 protocol, history exclusion, batched scoring) in ``ranking``. ``aggregate_seeds`` turns one
 result per seed into mean, spread and count.
@@ -51,6 +58,7 @@ __all__ = [
     "exclusion_mask",
     "new_item_rows",
     "new_item_slice",
+    "sample_users",
 ]
 
 
@@ -65,10 +73,24 @@ class _Ranked:
     top: np.ndarray
 
 
-def _rank_users(model: Scorer, split: SplitData, stage: str, k: int, batch_size: int) -> _Ranked:
-    """Score every user with a target for ``stage``; keep ranks and top-k lists."""
+def sample_users(
+    split: SplitData, stage: str, max_users: int | None, seed: int
+) -> np.ndarray | None:
+    """A seeded sample of ``max_users`` of the users with a target for ``stage`` (sorted),
+    or None (every user) when ``max_users`` is None or not below their number."""
+    users = np.flatnonzero(np.asarray(stage_targets(split, stage)) >= 0)
+    if max_users is None or max_users >= len(users):
+        return None
+    if max_users < 1:
+        raise ValueError(f"max_users must be >= 1 or None, got {max_users}")
+    return np.sort(np.random.default_rng(seed).choice(users, size=max_users, replace=False))
+
+
+def _rank_users(
+    model: Scorer, split: SplitData, stage: str, users: np.ndarray, k: int, batch_size: int
+) -> _Ranked:
+    """Score ``users`` (each with a target for ``stage``); keep ranks and top-k lists."""
     all_targets = np.asarray(stage_targets(split, stage), dtype=np.int64)
-    users = np.flatnonzero(all_targets >= 0)
     ranks, nonfinite, tops = [], [], []
     for batch, histories, scores in batches(model, split, users, stage, batch_size):
         targets = all_targets[batch]
@@ -89,6 +111,7 @@ def _rank_users(model: Scorer, split: SplitData, stage: str, k: int, batch_size:
 def _summarise(
     ranked: _Ranked,
     rows: np.ndarray,
+    population: int,
     *,
     k: int,
     recall_k: int,
@@ -111,7 +134,24 @@ def _summarise(
         out[f"diversity@{k}"] = M.intra_list_diversity(top, item_embeddings)
     out["n_users"] = int(rows.sum())
     out["n_nonfinite"] = int(ranked.nonfinite[rows].sum())
+    out["users_evaluated"] = int(rows.sum())
+    out["users_total"] = population
+    out["ci95"] = M.rank_intervals(
+        ranks, population, [f"hr@{k}", f"ndcg@{k}", f"mrr@{k}", f"recall@{recall_k}"]
+    )
     return out
+
+
+def _groups(
+    split: SplitData, users: np.ndarray, targets: np.ndarray, head: np.ndarray, short_max: int
+) -> dict[str, np.ndarray]:
+    """Boolean masks over ``users``: overall, short-history and long-tail."""
+    train_len = np.fromiter((len(split.train[u]) for u in users), np.int64, count=len(users))
+    return {
+        "overall": np.ones(len(users), dtype=bool),
+        "short_history": train_len <= short_max,
+        "long_tail": ~head[targets],
+    }
 
 
 def _user_groups(
@@ -124,24 +164,31 @@ def _user_groups(
     head_share: float,
     short_history_max: int,
     item_embeddings: np.ndarray | None,
+    users: np.ndarray | None = None,
 ) -> tuple[dict[str, dict[str, float]], np.ndarray, np.ndarray]:
     """Score users once; summarise overall and the short-history and long-tail slices.
 
+    Args:
+        users: the sample to score (``sample_users``); None scores every user.
+
     Returns:
-        (metrics per group, every user's top-k items, training counts per item).
+        (metrics per group, every scored user's top-k items, training counts per item).
     """
-    ranked = _rank_users(model, split, stage, k, batch_size)
+    all_targets = np.asarray(stage_targets(split, stage), dtype=np.int64)
+    everyone = np.flatnonzero(all_targets >= 0)
+    ranked = _rank_users(model, split, stage, everyone if users is None else users, k, batch_size)
     counts = train_counts(split)
     head = M.head_items(counts, head_share)
-    train_len = np.array([len(split.train[u]) for u in ranked.users], dtype=np.int64)
-    groups = {
-        "overall": np.ones(len(ranked.users), dtype=bool),
-        "short_history": train_len <= short_history_max,
-        "long_tail": ~head[ranked.targets],
+    groups = _groups(split, ranked.users, ranked.targets, head, short_history_max)
+    population = {
+        name: int(mask.sum())
+        for name, mask in _groups(
+            split, everyone, all_targets[everyone], head, short_history_max
+        ).items()
     }
     context = {"k": k, "recall_k": recall_k, "counts": counts, "head": head}
     summaries = {
-        name: _summarise(ranked, rows, item_embeddings=item_embeddings, **context)
+        name: _summarise(ranked, rows, population[name], item_embeddings=item_embeddings, **context)
         for name, rows in groups.items()
     }
     return summaries, ranked.top, counts
@@ -179,29 +226,45 @@ def evaluate_protocol(
     short_history_max: int = 5,
     item_embeddings: np.ndarray | None = None,
     popularity_bins: int | None = None,
+    max_users: int | None = None,
+    sample_seed: int = 0,
 ) -> dict[str, Any]:
-    """The full protocol: overall metrics plus the three slices.
+    """The full protocol: overall metrics plus the four slices.
 
     Users are scored once for the overall, short-history and long-tail results; the
     new-item and cold slices need their own passes (other histories, other candidates).
+    With ``max_users`` below the number of users with a target, a seeded sample of that
+    many users is scored (``sample_users(split, stage, max_users, sample_seed)``) and the
+    slices keep the sampled users' rows.
 
     Returns:
         ``{"overall": {...}, "slices": {"new_items": {...}, "cold_items": {...},
         "short_history": {...}, "long_tail": {...}}}``; the new-item slice reports ``hr@k``,
         ``ndcg@k``, ``mrr@k`` (full catalog), the cold slice ``hr@k``, ``ndcg@k``,
         ``recall@k`` (cold items only).
+        Every group also has ``users_evaluated``, ``users_total`` and ``ci95`` (per rank
+        metric ``{"low", "high"}``); ``"sample"`` says how the users were chosen.
         With ``popularity_bins``, also ``"popularity_curve"``: the share of all top-k
         slots per item-popularity bin (``metrics.popularity_curve``, bin 0 most popular).
     """
+    users = sample_users(split, stage, max_users, sample_seed)
     args = (stage, k, recall_k, batch_size, head_share, short_history_max, item_embeddings)
-    groups, top, counts = _user_groups(model, split, *args)
+    groups, top, counts = _user_groups(model, split, *args, users=users)
     slices = {
-        "new_items": new_item_slice(model, split, stage, k, batch_size),
-        "cold_items": cold_item_slice(model, split, stage, k, batch_size),
+        "new_items": new_item_slice(model, split, stage, k, batch_size, users=users),
+        "cold_items": cold_item_slice(model, split, stage, k, batch_size, users=users),
         "short_history": groups["short_history"],
         "long_tail": groups["long_tail"],
     }
     out: dict[str, Any] = {"overall": groups["overall"], "slices": slices}
+    out["sample"] = {
+        "method": "every user" if users is None else "seeded simple random sample of users",
+        "max_users": max_users,
+        "seed": sample_seed,
+        "users_evaluated": groups["overall"]["users_evaluated"],
+        "users_total": groups["overall"]["users_total"],
+        "interval": "95% normal approximation over users, finite-population corrected",
+    }
     if popularity_bins is not None:
         out["popularity_curve"] = M.popularity_curve(top, counts, popularity_bins).tolist()
     return out

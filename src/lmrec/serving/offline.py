@@ -82,6 +82,7 @@ def served_metrics(
     stage: str = "test",
     k: int = 10,
     text: np.ndarray | None = None,
+    users: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """Per policy: warm rows' and new-item rows' HR/NDCG@k in the served lists.
 
@@ -94,6 +95,8 @@ def served_metrics(
     Args:
         text: unit item text vectors ``[n_items, dim]``, needed by a policy with a
             ``text_weight``.
+        users: a user sample (``evaluation.protocol.sample_users``): only these users'
+            rows are scored; None = every user.
 
     Returns:
         One dict per policy: ``slots``, ``max_interactions``, ``min_score_quantile``,
@@ -104,8 +107,13 @@ def served_metrics(
         raise ValueError("served_metrics: a policy with text_weight > 0 needs `text`")
     targets_all = split.test_items if stage == "test" else split.val_items
     warm_users = np.flatnonzero(targets_all >= 0)
-    warm_hist = [split.history_for(int(u), stage) for u in warm_users]
     new_users, new_targets, new_hist = new_item_rows(split, stage)
+    if users is not None:
+        warm_users = warm_users[np.isin(warm_users, users)]
+        keep = np.isin(new_users, users)
+        new_users, new_targets = new_users[keep], new_targets[keep]
+        new_hist = [h for h, kept in zip(new_hist, keep, strict=True) if kept]
+    warm_hist = [split.history_for(int(u), stage) for u in warm_users]
     counts = train_counts(split)
     sample = warm_users[:CALIBRATION_USERS]
     chunks = [

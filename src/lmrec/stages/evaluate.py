@@ -30,7 +30,7 @@ import numpy as np
 
 from lmrec.config import Params
 from lmrec.evaluation import metrics as M
-from lmrec.evaluation.protocol import aggregate_seeds, evaluate_protocol
+from lmrec.evaluation.protocol import aggregate_seeds, evaluate_protocol, sample_users
 from lmrec.evaluation.report import write_report
 from lmrec.evaluation.scorers import CatalogScorer, LenientScorer
 from lmrec.features.dataset import SplitData, load_split
@@ -69,7 +69,8 @@ def _protocol(scorer: Any, split: SplitData, params: Params, emb: np.ndarray) ->
     policy = ExposurePolicy(**params.serve.exposure.model_dump())
     norms = np.linalg.norm(emb, axis=1, keepdims=True)
     text = (emb / np.maximum(norms, 1e-12)).astype(np.float32)  # the service's text vectors
-    served = served_metrics(scorer, split, [policy], cfg.stage, cfg.k, text)[0]
+    users = sample_users(split, cfg.stage, cfg.max_users, cfg.sample_seed)  # the protocol's
+    served = served_metrics(scorer, split, [policy], cfg.stage, cfg.k, text, users=users)[0]
     results["served"] = {"overall": served["overall"], "new_items": served["new_items"]}
     return results
 
@@ -87,6 +88,8 @@ def _raw_protocol(scorer: Any, split: SplitData, params: Params, emb: np.ndarray
         short_history_max=cfg.short_history_max,
         item_embeddings=emb,
         popularity_bins=min(cfg.popularity_bins, split.n_items),
+        max_users=cfg.max_users,
+        sample_seed=cfg.sample_seed,
     )
 
 
@@ -176,6 +179,7 @@ def _metrics(comparison: dict[str, Any]) -> dict[str, Any]:
             "overall": cand["overall"],
             "slices": cand["slices"],
             "served": cand["served"],
+            "sample": cand["sample"],
         },
     }
     if comparison["seeds"]["n"] > 1:
