@@ -36,7 +36,8 @@ class SequentialParams(Params):
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         full_softmax_max_items: largest catalog trained with a full softmax; larger ones
-            use a sampled softmax.
+            use a sampled softmax (on CPU a full step costs ~1.9x a sampled one at 5k items,
+            5.4x at 20k: benchmarks/results/scale_training.md).
         n_negatives: negatives per step in the sampled softmax (shared across the batch).
         lr_schedule: "constant", or "cosine" (decay to 0 over ``epochs``, set per step).
         grad_accum_steps: batches whose gradients are summed before one optimizer step.
@@ -71,7 +72,7 @@ class SequentialParams(Params):
     batch_size: int = 128
     lr: float = 1.0e-3
     weight_decay: float = 0.0
-    full_softmax_max_items: int = 20_000
+    full_softmax_max_items: int = 4_000
     n_negatives: int = 1024
     lr_schedule: str = "constant"
     grad_accum_steps: int = 1

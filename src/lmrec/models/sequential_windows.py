@@ -44,7 +44,8 @@ class StreamedWindows:
         if not 1 <= stride <= self.width:
             raise ValueError(f"sequential: window stride must be in 1..{self.width}, got {stride}")
         lengths = np.fromiter((len(s) for s in train), dtype=np.int64, count=len(train))
-        self.items = np.concatenate(train).astype(np.int64, copy=False) if train else np.zeros(0, int)
+        flat = np.concatenate(train) if train else np.zeros(0, dtype=np.int64)
+        self.items = flat.astype(np.int64, copy=False)
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         shift = np.zeros(len(train), dtype=np.int64)
         if rng is not None:  # the same stream as one scalar draw per sequence

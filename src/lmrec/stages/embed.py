@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
+from tqdm.auto import tqdm
 
 from lmrec.config import EmbedParams
 from lmrec.features.dataset import ITEM_TEXT_FILE
@@ -121,12 +122,13 @@ def _encode_cached(
     missing = first[cache.lookup(digests[first]) < 0]  # one row per distinct new text
     lengths = encoder.token_lengths([texts[i] for i in missing], cfg.max_length)
     missing = missing[np.argsort(-lengths, kind="stable")]
-    for start in range(0, len(missing), shard_texts):
-        rows = missing[start : start + shard_texts]
-        vectors = encoder.encode(
-            [texts[i] for i in rows], cfg.batch_size, cfg.max_length, cfg.normalize, progress
-        )
-        cache.store(digests[rows], vectors)
+    with tqdm(total=len(missing), desc="embed", unit="text", disable=not progress) as bar:
+        for start in range(0, len(missing), shard_texts):
+            rows = missing[start : start + shard_texts]
+            texts_in = [texts[i] for i in rows]
+            vectors = encoder.encode(texts_in, cfg.batch_size, cfg.max_length, cfg.normalize)
+            cache.store(digests[rows], vectors)
+            bar.update(len(rows))
     rows = cache.lookup(digests[first])[inverse.reshape(-1)]
     return cache.vectors(rows), len(missing)
 
