@@ -28,7 +28,9 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
 
 def stable_hash64(values: pd.Series) -> np.ndarray:
     """A platform- and run-independent 64-bit hash of each string (BLAKE2b)."""
-    uniques, codes = np.unique(values.astype(str).to_numpy(), return_inverse=True)
+    # factorize hashes (linear); np.unique would sort the strings (n log n, and slow on
+    # objects): the same hash per value either way
+    codes, uniques = pd.factorize(values.astype(str).to_numpy())
     hashed = np.fromiter(
         (
             int.from_bytes(hashlib.blake2b(u.encode(), digest_size=8).digest(), "little")

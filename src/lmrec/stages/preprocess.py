@@ -36,21 +36,29 @@ def _items_table(items: pd.DataFrame, events: pd.DataFrame, cold_ids: set) -> pd
     )
 
 
+def _per_user(users: np.ndarray, events: pd.DataFrame, column: str) -> list[np.ndarray]:
+    """``column`` of ``events`` as one array per entry of ``users`` (sorted ids), in event
+    order; users without events get an empty array. One stable sort, no per-group Python."""
+    codes = pd.Index(users).get_indexer(events["user_id"].to_numpy())  # hashed, not searched
+    order = np.argsort(codes, kind="stable")
+    counts = np.bincount(codes, minlength=len(users))
+    values = events[column].to_numpy(dtype=np.int64)[order]
+    return np.split(values, np.cumsum(counts)[:-1])
+
+
 def _sequences(events: pd.DataFrame, item_idx: pd.Series) -> pd.DataFrame:
     events = events.assign(item_idx=events["item_id"].map(item_idx).astype(np.int64))
     users = np.sort(events["user_id"].unique())
-    train = events[events["role"] == "train"].groupby("user_id", sort=True)
+    train = events[events["role"] == "train"]
     by_role = {
         role: events[events["role"] == role].set_index("user_id")["item_idx"]
         for role in ("val", "test")
     }
     seq = pd.DataFrame({"user_idx": np.arange(len(users), dtype=np.int64), "user_id": users})
-    seq["train_items"] = seq["user_id"].map(train["item_idx"].agg(list))
-    seq["train_times"] = seq["user_id"].map(train["timestamp"].agg(list))
+    seq["train_items"] = _per_user(users, train, "item_idx")
+    seq["train_times"] = _per_user(users, train, "timestamp")
     for role, col in by_role.items():
         seq[f"{role}_item"] = seq["user_id"].map(col).fillna(-1).astype(np.int64)
-    for col in ("train_items", "train_times"):
-        seq[col] = seq[col].map(lambda v: v if isinstance(v, list) else [])
     return seq
 
 
