@@ -90,7 +90,7 @@ def _describe(result, table: Table, max_examples: int) -> Failure:
         table=table.name,
         source=table.source,
         column=column,
-        check=describe_expectation(cfg.type, kwargs),
+        check=cfg.description or describe_expectation(cfg.type, kwargs),
         count=count,
         total=total,
         examples=list(res.get("partial_unexpected_list") or [])[:max_examples],
