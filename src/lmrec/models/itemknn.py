@@ -96,21 +96,32 @@ def top_neighbors(
 
 
 def keep_top_neighbors(sim: sp.csr_matrix, neighbors: int) -> sp.csr_matrix:
-    """Keep each row's ``neighbors`` largest entries (ties by lower column index)."""
+    """Keep each row's ``neighbors`` largest entries (ties by lower column index).
+
+    A short sort per row, not one sort of every entry: a global three-key sort of a block's
+    ~10M entries took several times the whole co-occurrence product.
+    """
     sim = sim.tocsr(copy=True)
     sim.eliminate_zeros()
-    lengths = np.diff(sim.indptr)
-    rows = np.repeat(np.arange(sim.shape[0]), lengths)
-    order = np.lexsort((sim.indices, -sim.data, rows))  # by row, value desc, column asc
-    rank = np.arange(len(order)) - np.repeat(sim.indptr[:-1], lengths)
-    keep = order[rank < neighbors]
-    out = sp.csr_matrix(
-        (sim.data[keep].astype(np.float32), (rows[keep], sim.indices[keep])),
+    sim.sort_indices()
+    rows, cols, vals = [], [], []
+    for row in np.flatnonzero(np.diff(sim.indptr)):
+        start, end = sim.indptr[row], sim.indptr[row + 1]
+        idx, data = sim.indices[start:end], sim.data[start:end]
+        if len(data) > neighbors:
+            # Columns are sorted, so a stable sort on -value breaks ties by lower index.
+            keep = np.sort(np.argsort(-data, kind="stable")[:neighbors])
+            idx, data = idx[keep], data[keep]
+        rows.append(np.full(len(idx), row, dtype=np.int64))
+        cols.append(idx)
+        vals.append(data)
+    if not rows:
+        return sp.csr_matrix(sim.shape, dtype=np.float32)
+    return sp.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
         shape=sim.shape,
         dtype=np.float32,
     )
-    out.sort_indices()
-    return out
 
 
 def history_matrix(histories: list[np.ndarray], n_items: int) -> sp.csr_matrix:
