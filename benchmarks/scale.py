@@ -337,6 +337,55 @@ def _finish(
         result["unfinished"] = {"stage": "serve", "reason": result["serve"]["reason"]}
 
 
+def compare(args: argparse.Namespace) -> dict[str, Any]:
+    """The data stages on one synthetic log, the code of ``--before`` vs this working tree,
+    run one after the other (same machine load, as far as a shared machine allows)."""
+    root = (args.workspace / "compare").resolve()
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "before").mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "archive", args.before, "src", "params.yaml"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(root / "before")], input=archive, check=True)
+    data = root / "raw"
+    subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/scale.py"), "generate"]
+        + ["--interactions", str(args.interactions), "--out", str(data)],
+        check=True,
+    )
+    commands = {  # each side with its own params.yaml (the validate/preprocess blocks agree)
+        "generate": "{py} -c 'from lmrec.config import SyntheticParams as P; "
+        "from lmrec.data import synthetic; "
+        "synthetic.generate(P(n_topics=20, seed=7, "
+        + ", ".join(f"{k}={v}" for k, v in shape(args.interactions).items())
+        + "))'",
+        "validate": "lmrec validate --params {params} --interactions "
+        f"{data}/interactions.parquet"
+        f" --items {data}/items.parquet --out {{out}}/validation",
+        "preprocess": "lmrec preprocess --params {params} --interactions "
+        f"{data}/interactions.parquet --items {data}/items.parquet --out {{out}}/preprocess",
+    }
+    out: dict[str, Any] = {"before": args.before}
+    for name, cmd in commands.items():
+        if name not in args.stages:
+            continue
+        for side, tree in (("before", root / "before"), ("after", REPO)):
+            env = {
+                **os.environ,
+                "PYTHONPATH": str(tree / "src"),
+                "PATH": f"{BIN}:{os.environ['PATH']}",
+            }
+            line = cmd.replace("{py}", sys.executable).replace("{out}", str(root / side))
+            line = line.replace("{params}", str(tree / "params.yaml"))
+            result = Stage(f"{name}-{side}", line, root, env).run(args.stage_budget, args.memory_gb)
+            out.setdefault(name, {})[side] = result
+            print(f"[compare] {name} {side}: {result}", flush=True)
+    return out
+
+
 def exponents(sizes: dict[str, dict[str, Any]]) -> dict[str, float]:
     """Per stage: slope of log(seconds) on log(interactions) over sizes that finished it."""
     names = dict.fromkeys(n for s in sizes.values() for n in s["stages"])
@@ -401,6 +450,22 @@ def markdown(payload: dict[str, Any]) -> str:
     for label in ("1M", "3M", "10M"):
         if label not in sizes:
             lines += ["", f"{label}: not run."]
+    for size, stages in payload.get("before_after", {}).items():
+        lines += [
+            "",
+            f"Before/after at {int(size):,} interactions (the code of `{stages['before']}` vs "
+            "this tree, run back to back):",
+            "",
+            "| stage | before | after |",
+            "|---|---|---|",
+        ]
+        for name, sides in stages.items():
+            if name != "before":
+                b, a = sides["before"], sides["after"]
+                lines.append(
+                    f"| {name} | {b['seconds']:.0f} s, {b['peak_rss_gb']:.1f} GB "
+                    f"| {a['seconds']:.0f} s, {a['peak_rss_gb']:.1f} GB |"
+                )
     if payload.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {note}" for note in payload["notes"]]
     return "\n".join(lines) + "\n"
@@ -413,6 +478,10 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--interactions", type=int, required=True)
     gen.add_argument("--out", type=Path, required=True)
     sub.add_parser("render", help="rewrite scale.md from scale.json (after editing notes)")
+    cmp = sub.add_parser("compare", help="validate/preprocess/generate at REV vs this tree")
+    cmp.add_argument("--before", required=True, help="git revision of the 'before' code")
+    cmp.add_argument("--interactions", type=int, default=SIZES["1M"])
+    cmp.add_argument("--stages", nargs="+", default=["generate", "validate", "preprocess"])
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=["1M", "3M", "10M"])
     parser.add_argument("--workspace", type=Path, default=Path("/tmp/lmrec-scale"))
     parser.add_argument("--profile", type=Path, default=REPO / "profiles/large.yaml")
@@ -430,6 +499,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.note:
         payload["notes"] = args.note
     if args.mode == "render":
+        (args.out / "scale.md").write_text(markdown(payload))
+        return 0
+    if args.mode == "compare":
+        entry = payload.setdefault("before_after", {}).setdefault(str(args.interactions), {})
+        entry.update(compare(args))
+        json_path.write_text(json.dumps(payload, indent=2) + "\n")
         (args.out / "scale.md").write_text(markdown(payload))
         return 0
     payload.update(
