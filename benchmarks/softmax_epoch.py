@@ -9,6 +9,11 @@ their ratio.
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/softmax_epoch.py \
         --items 2000 5000 10000 20000 60000 --steps 12
+
+With ``--split`` (a preprocess directory) and ``--embed`` (its embed directory) the steps
+run instead on that split's real training windows and text embeddings (the first
+``--steps`` batches of epoch 0's shuffled order, the same batches for both softmaxes), and
+the line adds the epoch's batch count and the epoch seconds each step time implies.
 """
 
 from __future__ import annotations
@@ -18,22 +23,28 @@ import dataclasses
 import json
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from lmrec.config import load_params
+from lmrec.features.dataset import load_split
 from lmrec.models.base import params_from_dict
 from lmrec.models.sequential_loss import NextItemObjective
 from lmrec.models.sequential_net import BOS, N_SPECIAL, SequentialNet
 from lmrec.models.sequential_params import SequentialParams
+from lmrec.models.sequential_windows import StreamedWindows
+from lmrec.stages.embed import load_embeddings
 
 
-def _objective(p: SequentialParams, n_items: int, popularity: torch.Tensor):
+def _objective(
+    p: SequentialParams, n_items: int, popularity: torch.Tensor, text: torch.Tensor | None = None
+):
     net = SequentialNet(
         n_items, p.dim, p.heads, p.layers, p.dropout, p.max_len,
-        item_text=torch.randn(n_items, 384), id_known=torch.ones(n_items, dtype=torch.bool),
-        id_embeddings=p.id_embeddings,
+        item_text=torch.randn(n_items, 384) if text is None else text,
+        id_known=popularity > 0, id_embeddings=p.id_embeddings,
     )  # fmt: skip
     optimizer = torch.optim.AdamW([q for q in net.parameters() if q.requires_grad], lr=p.lr)
     return NextItemObjective(net, None, popularity, p), optimizer
@@ -68,15 +79,59 @@ def step_ms(p: SequentialParams, n_items: int, steps: int, seed: int = 0) -> tup
     return full, sampled
 
 
+def split_step_ms(p: SequentialParams, split_dir: Path, embed_dir: Path, steps: int) -> dict:
+    """Full vs sampled step times on a split's real windows (alternating, same batches)."""
+    torch.manual_seed(p.seed)
+    split = load_split(split_dir)
+    text = torch.from_numpy(load_embeddings(embed_dir)[0])
+    _, items = split.train_pairs()
+    counts = np.bincount(items, minlength=split.n_items).astype(np.float64)
+    popularity = torch.from_numpy(counts / counts.sum()).float()
+    windows = StreamedWindows(split.train, p.max_len, p.window_stride)
+    order = np.random.default_rng([p.seed, 0]).permutation(len(windows))
+    n_batches = -(-len(windows) // p.batch_size)
+    runs = [
+        _objective(dataclasses.replace(p, full_softmax_max_items=split.n_items), split.n_items,
+                   popularity, text),
+        _objective(dataclasses.replace(p, full_softmax_max_items=1), split.n_items, popularity,
+                   text),
+    ]  # fmt: skip
+    times: list[list[float]] = [[], []]
+    for step in range(min(steps + 1, n_batches)):
+        tokens, targets = windows.batch(order[step * p.batch_size : (step + 1) * p.batch_size])
+        width = int((tokens != 0).sum(1).max())
+        tokens, targets = tokens[:, :width], targets[:, :width]
+        for (objective, optimizer), spent in zip(runs, times, strict=True):
+            start = time.perf_counter()
+            loss, _ = objective(tokens, targets, 1.0 / int((targets >= 0).sum()))
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            spent.append(time.perf_counter() - start)
+    full, sampled = (1000 * statistics.median(t[1:]) for t in times)
+    return {
+        "n_items": split.n_items, "n_users": split.n_users, "batches_per_epoch": n_batches,
+        "full_ms": round(full, 1), "sampled_ms": round(sampled, 1),
+        "ratio": round(full / sampled, 2),
+        "full_epoch_s": round(full * n_batches / 1000),
+        "sampled_epoch_s": round(sampled * n_batches / 1000),
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--items", type=int, nargs="+", default=[2000, 5000, 10000, 20000])
     parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--split", type=Path, help="a preprocess directory: real windows")
+    parser.add_argument("--embed", type=Path, help="its embed directory (with --split)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cfg = load_params(args.params).train
     p = params_from_dict(SequentialParams, {**cfg.sequential, "device": "cpu"})
+    if args.split is not None:
+        print(json.dumps(split_step_ms(p, args.split, args.embed, args.steps)), flush=True)
+        return
     for n_items in args.items:
         full, sampled = step_ms(p, n_items, args.steps)
         row = {"n_items": n_items, "full_ms": round(full, 1), "sampled_ms": round(sampled, 1)}
