@@ -504,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "compare":
         entry = payload.setdefault("before_after", {}).setdefault(str(args.interactions), {})
         entry.update(compare(args))
+        args.out.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(payload, indent=2) + "\n")
         (args.out / "scale.md").write_text(markdown(payload))
         return 0
