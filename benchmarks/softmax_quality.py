@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--split", type=Path, required=True)
     parser.add_argument("--embed", type=Path, required=True)
     parser.add_argument("--full-epochs", type=int, default=1)
+    parser.add_argument("--only", choices=("full", "sampled"), help="run one of the two")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cfg = load_params(args.params).train
@@ -45,6 +46,8 @@ def main() -> None:
         "sampled": {"full_softmax_max_items": n_items - 1},
     }
     for name, override in runs.items():
+        if args.only not in (None, name):
+            continue
         run_cfg = cfg.model_copy(
             update={"sequential": {**cfg.sequential, **override}, "device": "cpu"}
         )
