@@ -44,7 +44,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SIZES = {"100k": 100_000, "1M": 1_000_000, "3M": 3_000_000, "10M": 10_000_000}
+SIZES = {"100k": 100_000, "300k": 300_000, "1M": 1_000_000, "3M": 3_000_000, "10M": 10_000_000}
 PIPELINE = ("validate", "preprocess", "embed", "train", "evaluate", "gate", "refit")
 PIPELINE += ("register", "package")
 TEXT_WORDS = 40  # item description words: a short product blurb or synopsis (~60 tokens)
@@ -409,8 +409,9 @@ def markdown(payload: dict[str, Any]) -> str:
     lines = [
         "# Scale: the whole pipeline on one machine",
         "",
-        f"Machine: {payload['machine']}. Command: `{payload['command']}`. Profile "
-        f"`{payload['profile']}`; wall seconds and peak RSS (GB) of each stage's process "
+        f"Machine: {payload.get('machine', '-')}. Command: `{payload.get('command', '-')}`. "
+        f"Profile `{payload.get('profile', '-')}`; wall seconds and peak RSS (GB) of each "
+        "stage's process "
         "tree; exponent = slope of log(seconds) on log(interactions).",
         "",
         "| stage | " + " | ".join(labels) + " | exponent |",
@@ -428,7 +429,7 @@ def markdown(payload: dict[str, Any]) -> str:
                     + ("" if st["status"] == "ok" else " (not finished)")
                 )
             )
-        exponent = payload["exponents"].get(name, "-")
+        exponent = payload.get("exponents", {}).get(name, "-")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {exponent} |")
     lines += ["", "| size | users | items | epoch s | serve (known user / history ms) | status |"]
     lines += ["|---|---|---|---|---|---|"]
@@ -517,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     def save(label: str, result: dict[str, Any]) -> None:
+        result.setdefault("command", payload["command"])
         payload["sizes"][label] = result
         payload["exponents"] = exponents(payload["sizes"])
         args.out.mkdir(parents=True, exist_ok=True)
