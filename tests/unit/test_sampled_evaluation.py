@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lmrec.evaluation import metrics as M
 from lmrec.evaluation import protocol as P
+from lmrec.evaluation.intervals import mean_interval
 from lmrec.features.dataset import load_split
 from lmrec.models.itemknn import ItemKNNParams, ItemKNNRecommender
 from lmrec.serving.exposure import ExposurePolicy
@@ -83,8 +83,8 @@ def test_served_metrics_score_only_the_sample(fitted):
 
 def test_mean_interval_matches_the_textbook_formula():
     values = np.array([1.0, 0.0, 0.0, 1.0, 1.0])
-    low, high = M.mean_interval(values, population=50)
+    low, high = mean_interval(values, population=50)
     half = 1.96 * values.std(ddof=1) / np.sqrt(5) * np.sqrt(45 / 49)
     assert (low, high) == pytest.approx((0.6 - half, 0.6 + half))
     with pytest.raises(ValueError, match="population"):
-        M.mean_interval(values, population=4)
+        mean_interval(values, population=4)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from lmrec.evaluation import metrics as M
+from lmrec.evaluation.intervals import rank_intervals
 from lmrec.evaluation.ranking import (
     Scorer,
     batches,
@@ -41,7 +42,7 @@ def cold_item_slice(
     Returns:
         ``hr@k`` (any cold item hit), ``ndcg@k``, ``recall@k``, ``n_users``, ``n_items``
         (the cold catalog size), ``n_nonfinite``, ``users_evaluated``, ``users_total`` and
-        ``ci95`` (``metrics.rank_intervals``).
+        ``ci95`` (``intervals.rank_intervals``).
     """
     stage_targets(split, stage)
     not_cold = ~cold_mask(split)
@@ -66,7 +67,7 @@ def cold_item_slice(
         "n_nonfinite": nonfinite,
         "users_evaluated": len(users),
         "users_total": len(everyone),
-        "ci95": M.rank_intervals(ranks, len(everyone), [f"hr@{k}", f"ndcg@{k}", f"recall@{k}"]),
+        "ci95": rank_intervals(ranks, len(everyone), [f"hr@{k}", f"ndcg@{k}", f"recall@{k}"]),
     }
 
 
@@ -116,7 +117,7 @@ def new_item_slice(
     Returns:
         ``hr@k``, ``ndcg@k``, ``mrr@k``, ``n_users`` (rows), ``n_items`` (items without
         training interactions), ``n_nonfinite``, ``users_evaluated``, ``users_total`` and
-        ``ci95`` (``metrics.rank_intervals``).
+        ``ci95`` (``intervals.rank_intervals``).
     """
     all_users, all_targets, all_histories = new_item_rows(split, stage)
     keep = _restrict(all_users, users)
@@ -144,5 +145,5 @@ def new_item_slice(
         "n_nonfinite": nonfinite,
         "users_evaluated": len(users),
         "users_total": len(all_users),
-        "ci95": M.rank_intervals(ranks_all, len(all_users), [f"hr@{k}", f"ndcg@{k}", f"mrr@{k}"]),
+        "ci95": rank_intervals(ranks_all, len(all_users), [f"hr@{k}", f"ndcg@{k}", f"mrr@{k}"]),
     }

@@ -18,7 +18,6 @@ Averages over an empty set of users are NaN: "not measured" rather than a mislea
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -215,30 +214,6 @@ def recall_values(ranks: np.ndarray, k: int) -> np.ndarray:
     return ((ranks < k) & valid).sum(axis=1) / valid.sum(axis=1)
 
 
-def mean_interval(values: np.ndarray, population: int, z: float = 1.96) -> tuple[float, float]:
-    """Normal-approximation interval of a population mean from a simple random sample.
-
-    ``values`` are the sampled users' per-user metric values, drawn without replacement
-    from ``population`` users; the standard error carries the finite-population correction
-    ``sqrt((N - n) / (N - 1))``, so a "sample" of every user has zero width (the value is
-    then exact, not an estimate). ``z`` 1.96 gives the 95% interval.
-
-    Returns:
-        (low, high); NaNs for an empty sample.
-    """
-    n = len(values)
-    if n == 0:
-        return float("nan"), float("nan")
-    if population < n:
-        raise ValueError(f"a sample of {n} users from a population of {population}")
-    mean = float(np.mean(values))
-    if n < 2 or population == n:
-        return mean, mean
-    fpc = math.sqrt((population - n) / (population - 1))
-    half = z * float(np.std(values, ddof=1)) / math.sqrt(n) * fpc
-    return mean - half, mean + half
-
-
 def top_k(scores: np.ndarray, k: int, exclude_mask: np.ndarray | None = None) -> np.ndarray:
     """The ``k`` best non-excluded items per user, best first.
 
@@ -422,27 +397,3 @@ def intra_list_diversity(top_items: np.ndarray, item_embeddings: np.ndarray) -> 
     dist = np.where(pairs, 1.0 - sim, 0.0).sum(axis=(1, 2))
     keep = n_pairs > 0
     return _mean(dist[keep] / n_pairs[keep])
-
-
-_PER_USER = {"hr": hit_values, "ndcg": ndcg_values, "mrr": mrr_values, "recall": recall_values}
-
-
-def rank_intervals(
-    ranks: np.ndarray, population: int, metrics: Sequence[str]
-) -> dict[str, dict[str, float]]:
-    """95% intervals (``mean_interval``) of rank metrics named like ``"ndcg@10"``.
-
-    Args:
-        ranks: the sampled users' ranks (as for ``hit_rate``).
-        population: how many users the sample was drawn from.
-        metrics: names ``<hr|ndcg|mrr|recall>@<k>``.
-
-    Returns:
-        ``{name: {"low": float, "high": float}}``.
-    """
-    out = {}
-    for name in metrics:
-        kind, _, k = name.partition("@")
-        low, high = mean_interval(_PER_USER[kind](ranks, int(k)), population)
-        out[name] = {"low": low, "high": high}
-    return out

@@ -18,7 +18,7 @@ computed once per user and then averaged overall and over slices:
 Full ranking is the protocol. For very large user counts ``max_users`` scores a seeded
 simple random sample of the users with a target (``sample_users``; the item slices keep
 their rows of the sampled users): every per-user metric then carries a 95% interval
-(normal approximation with the finite-population correction, ``metrics.mean_interval``)
+(normal approximation with the finite-population correction, ``intervals.mean_interval``)
 under ``ci95``, and each group states ``users_evaluated`` and ``users_total``. With every
 user scored the intervals have zero width.
 
@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from lmrec.evaluation import metrics as M
+from lmrec.evaluation.intervals import rank_intervals
 from lmrec.evaluation.item_slices import cold_item_slice, new_item_rows, new_item_slice
 from lmrec.evaluation.ranking import (
     STAGES,
@@ -136,7 +137,7 @@ def _summarise(
     out["n_nonfinite"] = int(ranked.nonfinite[rows].sum())
     out["users_evaluated"] = int(rows.sum())
     out["users_total"] = population
-    out["ci95"] = M.rank_intervals(
+    out["ci95"] = rank_intervals(
         ranks, population, [f"hr@{k}", f"ndcg@{k}", f"mrr@{k}", f"recall@{recall_k}"]
     )
     return out
