@@ -7,7 +7,7 @@ AIRFLOW_VENV := .venv-airflow
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo serve stop test test-fast mlflow-ui airflow bench-setup bench lint format lock clean
+.PHONY: help setup demo serve stop test test-fast mlflow-ui airflow cluster-up cluster-down bench-setup bench lint format lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -97,6 +97,12 @@ lint:  ## ruff check + format check
 format:  ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix src tests dags benchmarks
 	$(VENV)/bin/ruff format src tests dags benchmarks
+
+cluster-up: setup  ## the production topology as processes (Postgres, Redis, S3 remote, MLflow server, Airflow Celery): cluster/cluster.py
+	$(VENV)/bin/python cluster/cluster.py up
+
+cluster-down:  ## stop what cluster-up started
+	$(VENV)/bin/python cluster/cluster.py down
 
 lock:  ## re-resolve both environments and rewrite the lock files
 	$(VENV)/bin/pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' > requirements/lmrec.lock.txt

@@ -1,8 +1,9 @@
 """Helpers shared by the lmrec DAGs: defaults, the task environment, the failure record.
 
 Standard library only: the Airflow scheduler imports this on every parse, so nothing from
-lmrec (torch, MLflow, BentoML) and no I/O at import time. Everything a task needs at run
-time reaches it through environment variables rendered from the run's Params.
+lmrec (torch, MLflow, BentoML) and no I/O at import time but reading task_workdir.sh beside
+it. Everything a task needs at run time reaches it through environment variables rendered
+from the run's Params.
 """
 
 from __future__ import annotations
@@ -21,11 +22,26 @@ START = datetime(2025, 1, 1, tzinfo=UTC)
 FAILURES_FILE = "artifacts/airflow_failures.jsonl"
 
 #: Shell prologue of every bash task: strict mode, the package venv first on PATH, and the
-#: workspace as the working directory (also set as the task's cwd).
-PROLOGUE = """set -euo pipefail
+#: workspace as the working directory (also set as the task's cwd) or, with the run's
+#: ``workdirs: per-task``, a fresh clone of the run's branch (dags/task_workdir.sh).
+PROLOGUE = (
+    """set -euo pipefail
 export PATH="$LMREC_VENV/bin:$PATH"
 cd "$LMREC_WORKSPACE"
 """
+    + (Path(__file__).resolve().parent / "task_workdir.sh").read_text()
+    + "lmrec_task_begin\n"
+)
+#: Where each task runs: the shared workspace (one machine, or a shared volume) or a fresh
+#: per-task clone with artefacts moving through the DVC remote ($LMREC_TASK_WORKDIRS sets
+#: the Param's default).
+WORKDIRS = ("shared", "per-task")
+DEFAULT_WORKDIRS = os.environ.get("LMREC_TASK_WORKDIRS") or "shared"
+
+
+def run_branch(run_id: str) -> str:
+    """The git branch of a per-task run (as ``lmrec_run_branch`` in task_workdir.sh)."""
+    return "lmrec-run/" + "".join(c if c.isalnum() or c in "._-" else "-" for c in run_id)
 
 
 def task_env(**extra: str) -> dict[str, str]:

@@ -31,13 +31,26 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
-from _lmrec_common import PROLOGUE, REPO, START, default_args, task_env
+from _lmrec_common import (
+    DEFAULT_WORKDIRS,
+    PROLOGUE,
+    REPO,
+    START,
+    WORKDIRS,
+    default_args,
+    run_branch,
+    task_env,
+)
 from airflow.sdk import Param, chain, dag, get_current_context, setup, task, teardown
 
 SOURCES = ["", "movielens-100k", "csv", "parquet", "synthetic", "feedback"]
 TRAIN_QUEUE = os.environ.get("LMREC_TRAIN_QUEUE", "gpu")
 TRAIN_POOL = os.environ.get("LMREC_TRAIN_POOL", "default_pool")
 BACKUP = "artifacts/airflow/params.yaml.orig"
+#: $LMREC_RETRAIN_SCHEDULE (seen by the DAG processor): a cron preset or expression, or
+#: "none" for runs triggered only (a test cluster: unpausing must not start a scheduled run).
+SCHEDULE = os.environ.get("LMREC_RETRAIN_SCHEDULE", "@weekly")
+SCHEDULE = None if SCHEDULE.lower() == "none" else SCHEDULE
 
 SNAPSHOT_SH = """args=(--params params.yaml --snapshot)
 [ -n "$SOURCE" ] && args+=(--source "$SOURCE")
@@ -45,18 +58,20 @@ SNAPSHOT_SH = """args=(--params params.yaml --snapshot)
 [ -n "$ITEMS" ] && args+=(--items "$ITEMS")
 [ -n "$(dvc config core.remote 2>/dev/null || true)" ] && args+=(--push)
 lmrec ingest "${args[@]}"
+lmrec_task_commit snapshot
 awk '$1 == "-" && $2 == "md5:" {print $3; exit}' data.dvc
 """
 
 # DVC reports a failed stage as "failed to run: <cmd>, exited with <code>"; code 4 is the
 # gate's refusal (lmrec.registry.gate.REFUSED_EXIT_CODE), anything else is a failure.
 GATE_SH = """set +e
-out=$(dvc repro --single-item $LMREC_FORCE gate 2>&1)
+out=$(dvc repro $LMREC_PULL --single-item $LMREC_FORCE gate 2>&1)
 rc=$?
 set -e
 printf '%s\\n' "$out"
-if [ "$rc" -eq 0 ]; then echo passed; exit 0; fi
+if [ "$rc" -eq 0 ]; then lmrec_task_end gate; echo passed; exit 0; fi
 if grep -q "exited with 4" <<<"$out" && [ -f artifacts/gate/gate.json ]; then
+  lmrec_task_commit gate  # the refusal's reasons, for gate_passed
   echo refused
   exit 0
 fi
@@ -69,6 +84,39 @@ exit "$rc"
 # load balancer, a rolling update of the Bento image (Kubernetes, maxUnavailable 0) is the
 # path for a new image (dags/README.md).
 DEPLOY_SH = (Path(__file__).resolve().parent / "deploy.sh").read_text()
+
+
+GATE_JSON = "artifacts/gate/gate.json"
+
+
+def _git(repo, *args: str) -> str:
+    import subprocess
+
+    done = subprocess.run(
+        ["git", "-c", "user.name=lmrec", "-c", "user.email=lmrec@localhost", *args],
+        cwd=repo, capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)} in {repo}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def _start_run_branch(ws, branch: str, params_text: str | None) -> None:
+    """The run's branch in the workspace repository, from its checked-out commit, with
+    this run's params.yaml committed on it (workdirs per-task: dags/task_workdir.sh)."""
+    import tempfile
+    from pathlib import Path
+
+    head = _git(ws, "rev-parse", "HEAD").strip()  # fails clearly when ws is no git repo
+    with tempfile.TemporaryDirectory(prefix="lmrec-configure-") as tmp:
+        _git(tmp, "clone", "-q", "--no-checkout", str(ws), "clone")
+        clone = Path(tmp) / "clone"
+        _git(clone, "checkout", "-q", "-b", branch, head)
+        if params_text is not None:
+            (clone / "params.yaml").write_text(params_text)
+            _git(clone, "add", "params.yaml")
+            _git(clone, "commit", "-q", "-m", f"{branch}: this run's params")
+        _git(clone, "push", "-q", "origin", f"HEAD:refs/heads/{branch}")
 
 
 def _merge(base: dict, update: dict) -> dict:
@@ -84,7 +132,7 @@ def _merge(base: dict, update: dict) -> dict:
 
 @dag(
     dag_id="lmrec_retrain",
-    schedule="@weekly",
+    schedule=SCHEDULE,
     start_date=START,
     catchup=False,
     max_active_runs=1,
@@ -101,23 +149,34 @@ def _merge(base: dict, update: dict) -> dict:
         "overrides": Param({}, type="object", description="params.yaml blocks to override"),
         "force": Param(False, type="boolean", description="rerun stages even if unchanged"),
         "serve_port": Param(3000, type="integer", description="port of the local service"),
+        "workdirs": Param(
+            DEFAULT_WORKDIRS,
+            enum=list(WORKDIRS),
+            description="shared: every task in the workspace; per-task: each task in a fresh "
+            "clone of the run's git branch, artefacts through the DVC remote (any worker)",
+        ),
     },
 )
 def lmrec_retrain():
     """Retrain, gate, refit, register, package and deploy the lmrec recommender
     (dags/README.md)."""
-    env = task_env(LMREC_FORCE="{{ '--force' if params.force else '' }}")
+    env = task_env(
+        LMREC_FORCE="{{ '--force' if params.force else '' }}",
+        LMREC_WORKDIRS="{{ params.workdirs }}",
+    )
     bash = {"append_env": True, "cwd": "{{ params.workspace }}"}
 
     @setup
     @task
     def configure() -> dict:
-        """Write this run's Param overrides into the workspace params.yaml (original kept)."""
+        """Write this run's Param overrides into the workspace params.yaml (original kept);
+        with ``workdirs: per-task``, commit them on the run's new branch instead."""
         from pathlib import Path
 
         import yaml
 
-        p = get_current_context()["params"]
+        context = get_current_context()
+        p = context["params"]
         ws = Path(p["workspace"])
         params, backup = ws / "params.yaml", ws / BACKUP
         if backup.exists():  # a previous run died before its teardown
@@ -128,12 +187,18 @@ def lmrec_retrain():
         if sequential:
             update = _merge(update, {"train": {"sequential": sequential}})
         base_file = ws / p["params_file"] if p["params_file"] else params
-        if not update and base_file == params:
+        text = None
+        if update or base_file != params:
+            base = yaml.safe_load(base_file.read_text()) or {}
+            text = yaml.safe_dump(_merge(base, update), sort_keys=False)
+        if p["workdirs"] == "per-task":
+            _start_run_branch(ws, run_branch(context["run_id"]), text)
+            return update
+        if text is None:
             return {}
-        base = yaml.safe_load(base_file.read_text()) or {}
         backup.parent.mkdir(parents=True, exist_ok=True)
         params.replace(backup)
-        params.write_text(yaml.safe_dump(_merge(base, update), sort_keys=False))
+        params.write_text(text)
         return update
 
     @task.bash(
@@ -152,7 +217,8 @@ def lmrec_retrain():
     def stage(name: str, **kwargs):
         @task.bash(task_id=name, env=env, **bash, **kwargs)
         def run_stage() -> str:
-            return PROLOGUE + f"dvc repro --single-item $LMREC_FORCE {name}\n"
+            repro = f"dvc repro $LMREC_PULL --single-item $LMREC_FORCE {name}\n"
+            return PROLOGUE + repro + f"lmrec_task_end {name}\n"
 
         run_stage.__doc__ = f"`dvc repro --single-item {name}` in the workspace."
         return run_stage()
@@ -169,8 +235,12 @@ def lmrec_retrain():
         import logging
         from pathlib import Path
 
-        ws = Path(get_current_context()["params"]["workspace"])
-        report = json.loads((ws / "artifacts/gate/gate.json").read_text())
+        context = get_current_context()
+        ws = Path(context["params"]["workspace"])
+        if context["params"]["workdirs"] == "per-task":  # the gate task committed it
+            report = json.loads(_git(ws, "show", f"{run_branch(context['run_id'])}:{GATE_JSON}"))
+        else:
+            report = json.loads((ws / GATE_JSON).read_text())
         log = logging.getLogger("lmrec.gate")
         for check in report.get("checks", []):
             log.info("%s  %s", check["status"].upper(), check["reason"])
