@@ -54,15 +54,20 @@ def _scored(
 
 
 class _Calibration:
-    """One policy's pick scale and threshold, from the calibration rows."""
+    """One policy's pick scale and threshold, from the calibration rows.
 
-    def __init__(self, policy: ExposurePolicy, fresh: np.ndarray, chunks) -> None:
+    ``chunks`` hold the calibration rows' scores and text affinities for the items of
+    ``union`` only (every policy's fresh items: a few columns, not the catalog)."""
+
+    def __init__(
+        self, policy: ExposurePolicy, fresh: np.ndarray, union: np.ndarray, chunks
+    ) -> None:
         self.policy, self.fresh = policy, fresh
-        weight = policy.text_weight
+        own = fresh[union]  # this policy's fresh items among the chunks' columns
         self.scale = None
-        if weight > 0 and fresh.any():
-            self.scale = PickScale.fit((s[:, fresh], t[:, fresh]) for s, t in chunks)
-        best = [best_fresh_scores(self.pick(s, t), fresh) for s, t in chunks]
+        if policy.text_weight > 0 and own.any():
+            self.scale = PickScale.fit((s[:, own], t[:, own]) for s, t in chunks)
+        best = [best_fresh_scores(self.pick(s, t), own) for s, t in chunks]
         self.threshold = score_threshold(np.concatenate(best) if best else np.zeros(0), policy)
 
     def pick(self, scores: np.ndarray, affinity: np.ndarray | None) -> np.ndarray:
@@ -71,8 +76,13 @@ class _Calibration:
         return self.scale.blend(scores, affinity, self.policy.text_weight)
 
 
-def _affinity(text: np.ndarray | None, histories: Sequence[np.ndarray]) -> np.ndarray | None:
-    return None if text is None else text_profiles(text, histories) @ text.T
+def _affinity(
+    text: np.ndarray | None, histories: Sequence[np.ndarray], items: np.ndarray | None = None
+) -> np.ndarray | None:
+    """Text affinities of these histories to every item (or to the ``items`` mask's)."""
+    if text is None:
+        return None
+    return text_profiles(text, histories) @ (text if items is None else text[items]).T
 
 
 def served_metrics(
@@ -115,12 +125,14 @@ def served_metrics(
         new_hist = [h for h, kept in zip(new_hist, keep, strict=True) if kept]
     warm_hist = [split.history_for(int(u), stage) for u in warm_users]
     counts = train_counts(split)
+    masks = [p.fresh_mask(counts) for p in policies]
+    union = np.logical_or.reduce(masks) if masks else np.zeros(split.n_items, dtype=bool)
     sample = warm_users[:CALIBRATION_USERS]
     chunks = [
-        (scores, _affinity(text, warm_hist[rows]))
+        (scores[:, union], _affinity(text, warm_hist[rows], union))
         for rows, scores in _scored(model, split, stage, sample, warm_hist[: len(sample)])
     ]
-    calibrations = [_Calibration(p, p.fresh_mask(counts), chunks) for p in policies]
+    calibrations = [_Calibration(p, m, union, chunks) for p, m in zip(policies, masks, strict=True)]
     del chunks
     rows_of = {
         "overall": (warm_users, targets_all[warm_users], warm_hist),
