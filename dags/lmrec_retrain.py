@@ -65,6 +65,7 @@ awk '$1 == "-" && $2 == "md5:" {print $3; exit}' data.dvc
 # DVC reports a failed stage as "failed to run: <cmd>, exited with <code>"; code 4 is the
 # gate's refusal (lmrec.registry.gate.REFUSED_EXIT_CODE), anything else is a failure.
 GATE_SH = """set +e
+lmrec_task_pull gate
 out=$(dvc repro $LMREC_PULL --single-item $LMREC_FORCE gate 2>&1)
 rc=$?
 set -e
@@ -218,7 +219,7 @@ def lmrec_retrain():
         @task.bash(task_id=name, env=env, **bash, **kwargs)
         def run_stage() -> str:
             repro = f"dvc repro $LMREC_PULL --single-item $LMREC_FORCE {name}\n"
-            return PROLOGUE + repro + f"lmrec_task_end {name}\n"
+            return PROLOGUE + f"lmrec_task_pull {name}\n" + repro + f"lmrec_task_end {name}\n"
 
         run_stage.__doc__ = f"`dvc repro --single-item {name}` in the workspace."
         return run_stage()

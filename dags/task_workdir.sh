@@ -8,6 +8,9 @@
 #   remote ($LMREC_DVC_REMOTE, endpoint $LMREC_DVC_ENDPOINT, local config) and make
 #   `dvc repro` pull what the stage needs ($LMREC_PULL=--pull: missing dependencies and
 #   run-cache hits come from the remote).
+# - lmrec_task_pull <stage>: `dvc pull` the stage's dependencies that DVC tracks (data, the
+#   upstream stages' outputs), so the stage runs even under --force (which skips repro's
+#   own --pull).
 # - lmrec_task_end <name>: `dvc push --run-cache` (the stage's outputs and its run-cache
 #   entry), then commit dvc.lock, data.dvc and the stage's uncached outputs (metrics,
 #   gate.json, ...; dvc.yaml `cache: false`) on the run's branch and push it: the next
@@ -39,6 +42,21 @@ lmrec_task_begin() {
   fi
   LMREC_PULL=--pull
   echo "task work directory $LMREC_TASK_DIR (branch $LMREC_RUN_BRANCH at $(git rev-parse --short HEAD))"
+}
+
+lmrec_task_pull() {
+  [ "${LMREC_WORKDIRS:-shared}" = per-task ] || return 0
+  local deps
+  deps=$(python - "$1" <<'PY'
+import sys, yaml
+stage = yaml.safe_load(open("dvc.yaml"))["stages"][sys.argv[1]]
+print("\n".join(d for d in stage.get("deps", []) if d == "data" or d.startswith("artifacts/")))
+PY
+)
+  if [ -n "$deps" ]; then
+    # shellcheck disable=SC2086
+    dvc pull -q --allow-missing $deps
+  fi
 }
 
 lmrec_task_end() {
