@@ -26,6 +26,7 @@ everything it started; ``env`` prints the variables a shell needs to talk to the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -91,6 +92,8 @@ def _stop_group(pid: int, grace_s: float = 15.0) -> None:
             return
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):  # our child (a fixture's): reap it
+                os.waitpid(pid, os.WNOHANG)
             try:
                 os.killpg(pid, 0)
             except ProcessLookupError:
