@@ -43,6 +43,10 @@ import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.workspace import copy_repository  # noqa: E402
+
 BIN = Path(sys.executable).parent
 SIZES = {"100k": 100_000, "300k": 300_000, "1M": 1_000_000, "3M": 3_000_000, "10M": 10_000_000}
 PIPELINE = ("validate", "preprocess", "embed", "train", "evaluate", "gate", "refit")
@@ -128,21 +132,6 @@ def generate(args: argparse.Namespace) -> int:
     interactions.to_parquet(args.out / "interactions.parquet", index=False)
     items.to_parquet(args.out / "items.parquet", index=False)
     return 0
-
-
-def _copy_repo(workspace: Path) -> None:
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for name in files:
-        if (REPO / name).is_file() and not name.startswith(("data/", "artifacts/")):
-            target = workspace / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, target)
 
 
 def _params(workspace: Path, profile: Path, epochs: int | None) -> dict[str, Any]:
@@ -284,7 +273,7 @@ def run_size(label: str, args: argparse.Namespace, save: Any) -> dict[str, Any]:
     workspace = (args.workspace / label).resolve()
     shutil.rmtree(workspace, ignore_errors=True)
     workspace.mkdir(parents=True)
-    _copy_repo(workspace)
+    copy_repository(workspace)
     result: dict[str, Any] = {**shape(SIZES[label]), "stages": {}, "running": True}
     result["params"] = _params(workspace, args.profile.resolve(), args.epochs)
     env = {

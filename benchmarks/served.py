@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -41,6 +40,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks.workspace import copy_repository  # noqa: E402
 
 from lmrec.config import load_params  # noqa: E402
 from lmrec.features import split as splitting  # noqa: E402
@@ -72,18 +73,7 @@ def held_out(interactions: pd.DataFrame, items: pd.DataFrame, params_file: Path)
 def prepare(workspace: Path, source: Path) -> pd.DataFrame:
     """Copy the repository's files into ``workspace``, write ``data/`` without the held-out
     events and return them (with each user's ingested history, oldest first)."""
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for name in files:
-        if (REPO / name).is_file() and not name.startswith(("data/", "artifacts/")):
-            target = workspace / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, target)
+    copy_repository(workspace)
     interactions = read_table(source / "interactions.parquet")
     items = read_table(source / "items.parquet")
     last = held_out(interactions, items, workspace / "params.yaml")
