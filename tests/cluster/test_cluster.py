@@ -97,6 +97,11 @@ def api(cluster):
     return client
 
 
+def _branch(run_id: str) -> str:
+    """The run's git branch (dags/task_workdir.sh: lmrec_run_branch)."""
+    return "lmrec-run/" + "".join(c if c.isalnum() or c in "._-" else "-" for c in run_id)
+
+
 def _run(api, conf: dict) -> tuple[dict, dict, float]:
     started = time.monotonic()
     run_id = api.trigger("lmrec_retrain", conf)
@@ -131,9 +136,7 @@ def test_a_rest_triggered_run_trains_on_the_gpu_worker_and_registers_in_the_serv
     champion = Registry(cluster["urls"]["mlflow"], "lmrec").alias("champion")
     assert champion is not None and champion.number == 1
     # the run's record: its branch holds the lock of every stage and the uncached outputs
-    branch = "lmrec-run/" + "".join(
-        c if c.isalnum() or c in "._-" else "-" for c in run["dag_run_id"]
-    )
+    branch = _branch(run["dag_run_id"])
     lock = _git(workspace, "show", f"{branch}:dvc.lock")
     for stage in ("validate", "preprocess", "embed", "train", "evaluate", "gate", "refit"):
         assert f"\n  {stage}:" in lock, stage
@@ -187,10 +190,6 @@ def _lock_md5(workspace: Path, branch: str, stage: str, out: str) -> str:
 
     lock = yaml.safe_load(_git(workspace, "show", f"{branch}:dvc.lock"))
     return next(o["md5"] for o in lock["stages"][stage]["outs"] if o["path"] == out)
-
-
-def _branch(run_id: str) -> str:
-    return "lmrec-run/" + "".join(c if c.isalnum() or c in "._-" else "-" for c in run_id)
 
 
 def test_a_worker_killed_mid_train_is_restarted_and_the_retry_gives_the_same_model(
