@@ -45,7 +45,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.workspace import copy_repository  # noqa: E402
+from benchmarks.workspace import copy_repository, start_service  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SIZES = {"100k": 100_000, "300k": 300_000, "1M": 1_000_000, "3M": 3_000_000, "10M": 10_000_000}
@@ -230,14 +230,7 @@ def serve_smoke(workspace: Path, env: dict[str, str], port: int, budget_s: float
     history = raw.loc[raw["user_id"] == user, "item_id"].astype(str).tolist()[-10:]
     log = (workspace / "logs/serve.log").open("w")
     start = time.perf_counter()
-    server = subprocess.Popen(
-        [str(BIN / "lmrec"), "serve", "--port", str(port)],
-        cwd=workspace,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    server = start_service(workspace, env, port, log)
     out: dict[str, Any] = {}
     try:
         while time.perf_counter() - start < budget_s:

@@ -41,7 +41,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.workspace import copy_repository  # noqa: E402
+from benchmarks.workspace import copy_repository, start_service  # noqa: E402
 
 from lmrec.config import load_params  # noqa: E402
 from lmrec.features import split as splitting  # noqa: E402
@@ -116,14 +116,7 @@ def serve_and_score(
 ) -> dict[str, Any]:
     """Start ``lmrec serve``, post every history, stop; metrics of the held-out items."""
     log = open(workspace / f"serve-{port}.log", "w")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(
-        [str(BIN / "lmrec"), "serve", "--port", str(port)],
-        cwd=workspace,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    server = start_service(workspace, env, port, log)
     try:
         for _ in range(300):
             try:

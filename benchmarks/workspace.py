@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+from typing import IO
 
 REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
 
 
 def copy_repository(workspace: Path) -> None:
@@ -25,3 +28,16 @@ def copy_repository(workspace: Path) -> None:
             target = workspace / name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, target)
+
+
+def start_service(workspace: Path, env: dict[str, str], port: int, log: IO) -> subprocess.Popen:
+    """``lmrec serve`` on ``port`` in ``workspace``, in its own session (stop it with
+    ``os.killpg(proc.pid, SIGTERM)``), its output to ``log``."""
+    return subprocess.Popen(
+        [str(BIN / "lmrec"), "serve", "--port", str(port)],
+        cwd=workspace,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
