@@ -127,6 +127,12 @@ def test_ingest_then_repro_then_noop(workspace):
     (workspace / "params.yaml").write_text(params.replace("max_length: 128", "max_length: 64"))
     status = _run(["dvc", "status"], workspace).stdout
     assert "embed:" in status and "preprocess:" not in status
+    # Where the run is filed is no training input: a new experiment name retrains nothing.
+    params = (workspace / "params.yaml").read_text()
+    (workspace / "params.yaml").write_text(params.replace("experiment: lmrec", "experiment: x"))
+    status = _run(["dvc", "status"], workspace).stdout
+    dirty = [line.strip() for line in status.splitlines()]
+    assert "train:" not in dirty and "train.mlflow.experiment" not in status
 
 
 def test_corrupted_data_stops_at_validate(workspace):
