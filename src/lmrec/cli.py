@@ -292,20 +292,23 @@ def gate(
     ] = Path("artifacts/evaluate"),
     train_dir: TrainDirOpt = Path("artifacts/train"),
     split: SplitOpt = Path("artifacts/preprocess"),
+    embeddings: Annotated[
+        Path, typer.Option(help="embedding directory (the serving bundle timed for latency).")
+    ] = Path("artifacts/embed"),
     out: Annotated[Path, typer.Option(help="output directory for gate.json.")] = Path(
         "artifacts/gate"
     ),
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Check the candidate against value thresholds, the baselines, the champion and the
-    latency budget (params gate). Exit 0: passed; exit 4: refused (reasons printed and in
-    gate.json); nothing is registered by this command.
+    latency budget (params gate; timed on the served path, params serve). Exit 0: passed;
+    exit 4: refused (reasons printed and in gate.json); nothing is registered by this command.
     """
     from lmrec.config import load_params
     from lmrec.stages import gate as stage
 
     try:
-        report = stage.run(load_params(params), evaluation, train_dir, split, out)
+        report = stage.run(load_params(params), evaluation, train_dir, split, embeddings, out)
     except LmrecError as err:
         raise _fail(err) from None
     marks = {"pass": "PASS", "fail": "FAIL", "skip": "skip"}

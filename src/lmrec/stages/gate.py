@@ -1,12 +1,17 @@
 """Gate stage: decide whether the evaluated candidate may be registered and promoted.
 
 Reads the evaluate stage's ``comparison.json`` (candidate, champion, baselines on the same
-split), measures the candidate's scoring latency on this machine, runs every check of the
-``gate`` params block (``lmrec.registry.gate``) and writes ``gate.json``:
+split), measures the candidate's latency on the served path on this machine, runs every
+check of the ``gate`` params block (``lmrec.registry.gate``) and writes ``gate.json``:
 
     {"passed": bool, "exit_code": 0 | 4, "candidate_digest": ..., "champion_version": ...,
      "checks": [{"check": ..., "status": "pass" | "fail" | "skip", "reason": ...}],
      "latency": {"p50_ms": ..., "p95_ms": ..., "requests": ...}}
+
+The latency is that of ``Engine.recommend`` (``lmrec.serving.engine``, what ``/recommend``
+calls) on a serving bundle of the candidate built as ``lmrec package`` builds one, with the
+``serve`` params: the served model is the candidate's recipe refit on every event, which
+does not exist yet at the gate, but has the same network, catalog and serving settings.
 
 ``lmrec gate`` exits 0 when the candidate passes and ``REFUSED_EXIT_CODE`` (4) when it is
 refused, so ``dvc repro`` stops before register and Airflow can tell a refusal from a crash.
@@ -15,37 +20,49 @@ refused, so ``dvc repro`` stops before register and Airflow can tell a refusal f
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lmrec.config import LatencyParams, Params
+from lmrec.config import LatencyParams, Params, ServeParams
 from lmrec.features.dataset import SplitData, load_split
 from lmrec.io import DataError, write_json
-from lmrec.models.base import Recommender
-from lmrec.models.registry import load_model
 from lmrec.registry import gate
 from lmrec.registry.store import model_digest
+from lmrec.serving.bundle import build_bundle
+from lmrec.serving.engine import Engine
 from lmrec.stages.evaluate import COMPARISON_FILE
 
 GATE_FILE = "gate.json"
 
 
-def measure_latency(model: Recommender, split: SplitData, cfg: LatencyParams) -> dict[str, float]:
-    """Time single-request ``recommend`` calls (one user's history, top-k) on this machine.
+def served_engine(
+    model_dir: Path, split_dir: Path, embed_dir: Path, serve: ServeParams, work_dir: Path
+) -> Engine:
+    """The engine the service would run on ``model_dir``: its bundle built in ``work_dir``."""
+    meta = {"version": "candidate", "alias": "candidate", "digest": model_digest(model_dir)}
+    build_bundle(model_dir, split_dir, embed_dir, work_dir / "bundle", meta)
+    return Engine.load(work_dir / "bundle", serve)
 
-    Requests cycle through the users' test-time histories in user order (deterministic);
-    the first ``cfg.warmup`` calls are not timed.
+
+def measure_latency(engine: Engine, split: SplitData, cfg: LatencyParams) -> dict[str, float]:
+    """Time single ``Engine.recommend`` requests (a posted history, top-k) on this machine.
+
+    Requests cycle through the users' test-time histories in user order (deterministic),
+    posted as item ids the way a client posts a session to ``/recommend``; the first
+    ``cfg.warmup`` calls are not timed.
     """
+    item_ids = split.items["item_id"].astype(str).to_numpy()
     users = [u for u in range(split.n_users) if len(split.history_for(u, "test"))] or [0]
-    k = min(cfg.k, model.n_items)
+    k = min(cfg.k, engine.n_items, engine.params.max_k)
     timings = []
     for i in range(cfg.warmup + cfg.requests):
-        history = split.history_for(users[i % len(users)], "test")
+        history = item_ids[split.history_for(users[i % len(users)], "test")].tolist()
         start = time.perf_counter()
-        model.recommend(history, k)
+        engine.recommend(history=history, k=k)
         if i >= cfg.warmup:
             timings.append((time.perf_counter() - start) * 1000)
     arr = np.asarray(timings)
@@ -56,7 +73,14 @@ def measure_latency(model: Recommender, split: SplitData, cfg: LatencyParams) ->
     }
 
 
-def run(params: Params, eval_dir: Path, train_dir: Path, split_dir: Path, out_dir: Path) -> dict:
+def run(
+    params: Params,
+    eval_dir: Path,
+    train_dir: Path,
+    split_dir: Path,
+    embed_dir: Path,
+    out_dir: Path,
+) -> dict:
     """Run the gate; write ``gate.json``; return it (``passed`` says the verdict)."""
     comparison_file = eval_dir / COMPARISON_FILE
     if not comparison_file.is_file():
@@ -77,7 +101,9 @@ def run(params: Params, eval_dir: Path, train_dir: Path, split_dir: Path, out_di
     if "champion" in models:
         champion_info = models["champion"]["champion"]
         champion = gate.Reference(models["champion"]["label"], models["champion"])
-    latency = measure_latency(load_model(model_dir), load_split(split_dir), params.gate.latency)
+    with tempfile.TemporaryDirectory(prefix="lmrec-gate-") as work:
+        engine = served_engine(model_dir, split_dir, embed_dir, params.serve, Path(work))
+        latency = measure_latency(engine, load_split(split_dir), params.gate.latency)
     results = gate.run_checks(
         params.gate,
         models["candidate"],
