@@ -156,3 +156,16 @@ def test_stale_summary_is_removed_on_failure(contract_files, tmp_path):
     df.to_parquet(bad, index=False)
     assert _validate(bad, items, out).exit_code == 3
     assert not (out / "summary.json").exists()
+
+
+def test_items_whose_every_title_is_null_fail(contract_files, tmp_path):
+    interactions, items = contract_files
+    catalog = pd.read_parquet(items)
+    bad = tmp_path / "items.parquet"
+    catalog.assign(title=pd.Series([None] * len(catalog), dtype=object)).to_parquet(bad)
+    result = _validate(interactions, bad, tmp_path / "report")
+    assert result.exit_code == 3, result.output
+    n = len(catalog)
+    assert f"{bad}, column 'title': no title" in result.output
+    assert f"{n} of {n} rows" in result.output
+    assert not (tmp_path / "report" / "summary.json").exists()

@@ -104,13 +104,25 @@ def item_references(interactions: pd.DataFrame, catalog_ids: pd.Series) -> pd.Da
 
 
 def item_expectations(df: pd.DataFrame, cfg: ValidateParams) -> list[Expectation]:
-    """Schema, unique non-null ids, item text present."""
+    """Schema, unique non-null ids, item text present.
+
+    Titles are checked twice: not null, then not empty. GX leaves null values out of a
+    length check, so a column of null titles alone would pass it.
+    """
     exps = _schema(df, ITEM_TYPES, REQUIRED_ITEMS)
     if "item_id" in df:
         exps += [
             gxe.ExpectColumnValuesToNotBeNull(column="item_id"),
             gxe.ExpectColumnValuesToBeUnique(column="item_id"),
         ]
+    if "title" in df:
+        allowed = 1 - cfg.min_text_share
+        what = f"no title (allowed for at most {allowed:.0%} of rows)" if allowed else "no title"
+        exps.append(
+            gxe.ExpectColumnValuesToNotBeNull(
+                column="title", mostly=cfg.min_text_share, description=what
+            )
+        )
     if _type_ok(df, "title", ITEM_TYPES["title"]):
         exps.append(
             gxe.ExpectColumnValueLengthsToBeBetween(
