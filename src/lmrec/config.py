@@ -227,6 +227,16 @@ class ExposureParams(Block):
     text_weight: float = Field(0.0, ge=0, le=1)
 
 
+class FeedbackLogParams(Block):
+    """The service's feedback and impression logs (src/lmrec/serving/feedback.py) and their
+    erasure (``lmrec forget``, src/lmrec/serving/erasure.py)."""
+
+    busy_timeout_s: float = Field(5.0, gt=0, le=25)  # under the 30 s request timeout
+    retry_after_s: int = Field(2, ge=1)
+    retention_days: float | None = Field(365.0, gt=0)
+    audit_log: str | None = None  # None: audit.log beside the feedback log
+
+
 class ServeParams(Block):
     """The HTTP service (src/lmrec/serving): limits, index, A/B split, feedback store."""
 
@@ -243,6 +253,7 @@ class ServeParams(Block):
     challenger_share: float = Field(0.0, ge=0, le=1)
     ab_salt: str = "lmrec-ab"
     feedback_db: str = "feedback/feedback.db"
+    feedback: FeedbackLogParams = FeedbackLogParams()
     reload_poll_s: float = Field(2.0, ge=0)
     exposure: ExposureParams = ExposureParams()
 

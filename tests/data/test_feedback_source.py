@@ -79,6 +79,27 @@ def test_source_keeps_catalog_events_of_the_chosen_types(feedback_files, caplog)
     assert "'dropped_duplicate': 1" in caplog.text
 
 
+def test_ids_are_hashed_once_and_a_version_0_log_of_raw_ids_still_reads(tmp_path):
+    import sqlite3
+
+    catalog = _catalog(tmp_path / "catalog.parquet")
+    expected = set(pseudonymise(pd.Series(["user0"])))
+    new, old = tmp_path / "new.db", tmp_path / "old.db"
+    with FeedbackStore(new) as store:  # stores the pseudonym: ingest must not hash it again
+        store.append(FeedbackEvent("user0", "item1", "click", T0))
+    conn = sqlite3.connect(old)
+    conn.executescript(feedback.SCHEMA)  # schema version 0: raw ids, as the store wrote them
+    conn.execute(
+        "INSERT INTO feedback_events (user_id, item_id, event, timestamp) VALUES (?, ?, ?, ?)",
+        ("user0", "item1", "click", float(T0)),
+    )
+    conn.commit()
+    conn.close()
+    for db in (new, old):
+        interactions, _ = feedback.load(FeedbackSourceParams(db=str(db), items=str(catalog)))
+        assert set(interactions["user_id"]) == expected, db.name
+
+
 def test_to_contract_counts_what_it_drops(feedback_files):
     db, catalog = feedback_files
     events, items = feedback.read_events(db), feedback.read_catalog(catalog)

@@ -289,8 +289,11 @@ def _serve(tmp_path_factory, name: str, bundle: Path, **kwargs) -> Iterator[Serv
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, bundles) -> Iterator[Server]:
-    """The plain server: champion only, no auth (shared by the HTTP and fuzz tests)."""
-    yield from _serve(tmp_path_factory, "plain", bundles.champion)
+    """The plain server: champion only, no auth (shared by the HTTP and fuzz tests); a
+    feedback write waits 2 s for a lock (tests/service/test_service_http.py holds one)."""
+    root = tmp_path_factory.mktemp("plain-params")
+    params = write_params(root / "plain.yaml", feedback={"busy_timeout_s": 2.0, "retry_after_s": 3})
+    yield from _serve(tmp_path_factory, "plain", bundles.champion, params=params)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,6 @@
-"""The feedback store: round trip, order, threads, durability across a SIGKILL, validation."""
+"""The feedback store: round trip, order, threads, durability across a SIGKILL, validation;
+pseudonymised user ids, retried posts stored once, writes that cannot be done now (locked,
+disk full) failing with nothing written, and the migration of a version-0 log."""
 
 from __future__ import annotations
 
@@ -8,9 +10,13 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
+from dataclasses import replace
 
 import pytest
 
+from lmrec.data.contract import pseudonymise_id
+from lmrec.data.feedback import SCHEMA
 from lmrec.serving.feedback import MAX_LENGTH, FeedbackEvent, FeedbackStore
 
 
@@ -30,8 +36,9 @@ def test_round_trip_keeps_every_field(store):
     first, second = store.append(full), store.append(bare)
     assert second > first >= 1
     assert store.count() == 2
-    assert store.read() == [full, bare]
-    assert store.read(since_seq=first) == [bare]
+    stored = [replace(e, user_id=pseudonymise_id(e.user_id)) for e in (full, bare)]
+    assert store.read() == stored
+    assert store.read(since_seq=first) == stored[1:]
     frame = store.to_frame()
     assert frame["seq"].tolist() == [first, second]
     assert frame.loc[0, "variant"] == "challenger" and frame.loc[1, "request_id"] is None
@@ -188,3 +195,81 @@ def test_an_empty_store_reads_as_empty(store):
     assert store.count() == 0 and store.read() == [] and store.append_many([]) == []
     frame = store.to_frame()
     assert frame.empty and frame["seq"].dtype == "int64" and "variant" in frame
+
+
+# ------------------------------------------------------------ privacy, retries, failures
+def test_user_ids_are_stored_pseudonymised_never_raw(tmp_path):
+    path = tmp_path / "f.db"
+    with FeedbackStore(path, salt="s3cret") as store:
+        store.append(FeedbackEvent("alice@example.com", "item1", "click"))
+        assert store.read()[0].user_id == pseudonymise_id("alice@example.com", "s3cret")
+    raw = sqlite3.connect(path)
+    assert raw.execute("SELECT user_id FROM feedback_events").fetchall() == [
+        (pseudonymise_id("alice@example.com", "s3cret"),)
+    ]
+    raw.close()
+    assert b"alice" not in path.read_bytes()
+
+
+def test_a_retried_event_is_stored_once(store):
+    event = FeedbackEvent("alice", "item1", "click", request_id="req-1")
+    first = store.append(event)
+    assert store.append(replace(event, timestamp=event.timestamp + 5)) == first  # a retry
+    assert store.append_many([event, event]) == [first, first]
+    other_event = store.append(replace(event, event="purchase"))
+    no_request = [store.append(replace(event, request_id=None)) for _ in range(2)]
+    assert len({first, other_event, *no_request}) == 4  # without a request_id: no key
+    assert store.count() == 4
+
+
+def _hold_write_lock(path) -> sqlite3.Connection:
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another writer (process or connection) holds the lock
+    return other
+
+
+def test_a_locked_log_fails_within_the_busy_timeout_with_nothing_written(tmp_path):
+    with FeedbackStore(tmp_path / "f.db", busy_timeout_s=0.2) as store:
+        other = _hold_write_lock(store.path)
+        started = time.monotonic()
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            store.append_many([_event(0), _event(1)])
+        assert time.monotonic() - started < 5
+        other.execute("ROLLBACK")
+        other.close()
+        assert store.count() == 0
+        assert store.append(_event(2)) >= 1  # usable again once the lock is gone
+
+
+def test_a_full_disk_fails_with_nothing_written(store):
+    store.append(_event(0))
+    db = store._db()
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own "database or disk is full"
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        store.append_many([_event(i, request_id="x" * 500) for i in range(1, 200)])
+    assert [e.item_id for e in store.read()] == ["item0"]
+    db.execute(f"PRAGMA max_page_count = {pages * 1000}")
+    assert store.append(_event(1)) >= 2
+
+
+def test_a_version_0_log_is_migrated_once(tmp_path):
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(SCHEMA)
+    rows = [("alice", "i1", "click", 1.0, "r1"), ("alice", "i1", "click", 2.0, "r1"),
+            ("bob", "i2", "click", 3.0, None)]  # fmt: skip
+    old.executemany(
+        "INSERT INTO feedback_events (user_id, item_id, event, timestamp, request_id) "
+        "VALUES (?, ?, ?, ?, ?)",
+        rows,
+    )
+    old.commit()
+    old.close()
+    for _ in range(2):  # the second opening leaves the migrated log as it is
+        with FeedbackStore(path) as store:
+            events = store.read()
+    assert [(e.user_id, e.timestamp) for e in events] == [
+        (pseudonymise_id("alice"), 1.0),
+        (pseudonymise_id("bob"), 3.0),
+    ]

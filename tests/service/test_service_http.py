@@ -15,6 +15,7 @@ import functools
 import json
 import re
 import signal
+import sqlite3
 import threading
 import time
 import uuid
@@ -214,10 +215,35 @@ def test_feedback_round_trip_reaches_the_store(client, server, bundles):
     row = rows[rows["request_id"] == request_id]
     assert len(row) == 1
     event = row.iloc[0]
-    assert (event["user_id"], event["item_id"], event["event"]) == ("alice", item, "click")
+    stored = (event["user_id"], event["item_id"], event["event"])
+    assert stored == (pseudonymise_id("alice"), item, "click")  # never the raw id
     assert (event["model_version"], event["variant"]) == ("7", "champion")
     assert int(event["seq"]) == answer["seq"]
     assert abs(float(event["timestamp"]) - time.time()) < 120
+
+
+def test_feedback_is_503_while_the_log_is_locked_and_a_retry_is_stored_once(server, bundles):
+    body = {"user_id": "carol", "item_id": bundles.item_ids[2], "event": "click"}
+    tag = uuid.uuid4().hex
+    assert post(server.base, "/feedback", {**body, "request_id": f"open-{tag}"}).status_code == 200
+    body["request_id"] = f"locked-{tag}"
+    other = sqlite3.connect(server.feedback_db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the lock past the busy timeout
+    try:
+        locked = post(server.base, "/feedback", body)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert "locked" in json_error(locked, 503)
+    assert locked.headers["retry-after"] == "3"
+    with FeedbackStore(server.feedback_db) as store:
+        assert body["request_id"] not in set(store.to_frame()["request_id"])  # nothing written
+    retried = [post(server.base, "/feedback", body) for _ in range(2)]  # the client retries
+    assert [r.status_code for r in retried] == [200, 200], retried[0].text
+    assert retried[0].json()["seq"] == retried[1].json()["seq"]
+    with FeedbackStore(server.feedback_db) as store:
+        rows = store.to_frame()
+    assert (rows["request_id"] == body["request_id"]).sum() == 1
 
 
 # ----------------------------------------------------------------------- auth

@@ -60,8 +60,10 @@ def interactions_frame(
     timestamp: pd.Series,
     event: pd.Series | str,
     value: pd.Series | None,
+    pseudonymised: bool = False,
 ) -> pd.DataFrame:
-    """Assemble a contract interactions table, pseudonymising user ids.
+    """Assemble a contract interactions table, pseudonymising user ids (unless
+    ``pseudonymised``: the ids are already ``pseudonymise_id``'s, as in the feedback log).
 
     Ids become strings; timestamps and values keep their dtype when it is already
     numeric (so a wrongly typed column reaches validation as it is, to be reported).
@@ -69,7 +71,7 @@ def interactions_frame(
     n = len(user_id)
     frame = pd.DataFrame(
         {
-            "user_id": pseudonymise(_as_str(user_id)),
+            "user_id": _as_str(user_id) if pseudonymised else pseudonymise(_as_str(user_id)),
             "item_id": _as_str(item_id),
             "timestamp": timestamp.to_numpy() if n else pd.Series([], dtype="int64"),
             "event": _as_str(event) if isinstance(event, pd.Series) else [event] * n,

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from lmrec.config import FeedbackSourceParams
-from lmrec.data.contract import interactions_frame, items_frame
+from lmrec.data.contract import interactions_frame, items_frame, pseudonymise
 from lmrec.io import DataError, read_table, strings_as_object
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,48 @@ CREATE TRIGGER IF NOT EXISTS {TABLE}_no_update BEFORE UPDATE ON {TABLE}
 BEGIN SELECT RAISE(ABORT, '{TABLE} is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS {TABLE}_no_delete BEFORE DELETE ON {TABLE}
 BEGIN SELECT RAISE(ABORT, '{TABLE} is append-only'); END;
+"""
+#: the feedback log's schema version (``PRAGMA user_version``): 1 = user ids pseudonymised
+#: and one row per (request_id, item_id, event) (``ONCE``); a version-0 log (raw ids) is
+#: migrated when ``FeedbackStore`` opens it
+SCHEMA_VERSION = 1
+ONCE = f"""
+CREATE UNIQUE INDEX IF NOT EXISTS {TABLE}_once ON {TABLE} (request_id, item_id, event)
+WHERE request_id IS NOT NULL;
+"""
+
+IMPRESSIONS_TABLE = "impressions"
+#: One row per item of a served /recommend answer: ``position`` 0 is the first item;
+#: ``user_id`` is pseudonymised (None for a request by posted history only).
+IMPRESSION_FIELDS = (
+    "request_id", "user_id", "model_version", "variant", "item_id", "position", "timestamp",
+)  # fmt: skip
+IMPRESSIONS_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {IMPRESSIONS_TABLE} (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT NOT NULL,
+    user_id TEXT,
+    model_version TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    timestamp REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS {IMPRESSIONS_TABLE}_request ON {IMPRESSIONS_TABLE} (request_id);
+CREATE TRIGGER IF NOT EXISTS {IMPRESSIONS_TABLE}_no_update BEFORE UPDATE ON {IMPRESSIONS_TABLE}
+BEGIN SELECT RAISE(ABORT, '{IMPRESSIONS_TABLE} is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS {IMPRESSIONS_TABLE}_no_delete BEFORE DELETE ON {IMPRESSIONS_TABLE}
+BEGIN SELECT RAISE(ABORT, '{IMPRESSIONS_TABLE} is append-only'); END;
+"""
+
+FORGOTTEN_TABLE = "forgotten_users"
+#: Pseudonymised ids erased by ``lmrec forget``: ingest drops their rows from any source,
+#: so a user forgotten here does not come back with the next snapshot.
+FORGOTTEN_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {FORGOTTEN_TABLE} (
+    user_id TEXT PRIMARY KEY,
+    forgotten_at REAL NOT NULL
+);
 """
 
 ITEMS_TABLE = "catalog_items"
@@ -103,7 +145,8 @@ def rows_frame(rows: list[tuple]) -> pd.DataFrame:
 
 
 def read_events(db: Path) -> pd.DataFrame:
-    """Every event in the log at ``db``, read-only (the service may be writing to it).
+    """Every event in the log at ``db``, read-only (the service may be writing to it),
+    with pseudonymised user ids (a log of schema version 0 held raw ones).
 
     Raises:
         DataError: the file is missing, empty, not a feedback log, or holds no events.
@@ -115,6 +158,7 @@ def read_events(db: Path) -> pd.DataFrame:
     try:
         conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
         try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
             sql, args = events_query()
             rows = conn.execute(sql, args).fetchall()
         finally:
@@ -123,7 +167,39 @@ def read_events(db: Path) -> pd.DataFrame:
         raise DataError(f"{db}: cannot be read as a feedback log ({TABLE}): {err}") from err
     if not rows:
         raise DataError(f"{db}: feedback log holds no events")
-    return rows_frame(rows)
+    frame = rows_frame(rows)
+    if version < SCHEMA_VERSION:  # written before the store pseudonymised: raw ids
+        frame["user_id"] = pseudonymise(frame["user_id"])
+    return frame
+
+
+def forgotten_users(db: Path) -> set[str]:
+    """The pseudonymised ids ``lmrec forget`` erased from the log at ``db``, read-only;
+    empty when there is no log or no one was forgotten.
+
+    Raises:
+        DataError: the file cannot be read as an SQLite database.
+    """
+    if not db.is_file():
+        return set()
+    try:
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            rows = _rows_if_table(conn, FORGOTTEN_TABLE, f"SELECT user_id FROM {FORGOTTEN_TABLE}")
+        finally:
+            conn.close()
+    except sqlite3.Error as err:
+        what = f"the forgotten users ({FORGOTTEN_TABLE})"
+        raise DataError(f"{db}: cannot read {what}: {err}") from err
+    return {row[0] for row in rows}
+
+
+def _rows_if_table(conn: sqlite3.Connection, table: str, sql: str, args: tuple = ()) -> list:
+    """``sql``'s rows, or none when the database has no ``table`` (nothing written yet)."""
+    found = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+    ).fetchone()
+    return conn.execute(sql, args).fetchall() if found else []
 
 
 def items_query(since_seq: int = 0) -> tuple[str, tuple]:
@@ -154,10 +230,7 @@ def read_added_items(db: Path) -> pd.DataFrame:
     try:
         conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
         try:
-            found = conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (ITEMS_TABLE,)
-            ).fetchone()
-            rows = conn.execute(*items_query()).fetchall() if found else []
+            rows = _rows_if_table(conn, ITEMS_TABLE, *items_query())
         finally:
             conn.close()
     except sqlite3.Error as err:
@@ -215,6 +288,7 @@ def to_contract(
         timestamp=seconds,
         event=events["event"].reset_index(drop=True),
         value=None,
+        pseudonymised=True,
     )
     repeat = interactions.duplicated(["user_id", "item_id", "timestamp", "event"])
     interactions = interactions[~repeat].reset_index(drop=True)

@@ -2,8 +2,8 @@
 
 The training side is the preprocess split (pseudonymised user ids; the item table with
 ``item_id`` and ``n_train``, the training interactions per item). The live side is the
-feedback log the service appends to (raw user ids, float unix-second timestamps), of which
-only the last ``window_days`` count. Five metrics, each in [0, 1] with a ``max_*``
+feedback log the service appends to (pseudonymised user ids, float unix-second timestamps),
+of which only the last ``window_days`` count. Five metrics, each in [0, 1] with a ``max_*``
 threshold in the ``monitor`` params block:
 
 - ``unseen_user_rate``: share of the window's distinct users absent from training;

@@ -44,6 +44,7 @@ import gc
 import hashlib
 import logging
 import os
+import sqlite3
 import threading
 import time
 import uuid
@@ -296,7 +297,9 @@ class LmrecService:
         variant: str | None = None,
     ) -> dict[str, Any]:
         """Record one feedback event durably (on disk before the answer); feeds the next
-        retraining through the ``feedback`` ingest source."""
+        retraining through the ``feedback`` ingest source. A retried post (the same
+        ``request_id``, ``item_id`` and ``event``) is stored once and answered with the
+        first one's ``seq``; 503 with ``Retry-After`` when the log cannot be written now."""
         if (busy := self._not_ready()) is not None:
             return busy
         engines = self.engines
@@ -315,15 +318,28 @@ class LmrecService:
             )
         except ValueError as err:
             return error(422, str(err))
-        with self._feedback_lock:
-            if self._feedback is None:
-                self._feedback = FeedbackStore(feedback_db(self.params))
-            try:
-                seq = self._feedback.append(event_row)
-            except ValueError as err:
-                return error(422, str(err))
+        try:
+            seq = self._feedback_store().append(event_row)
+        except ValueError as err:
+            return error(422, str(err))
+        except sqlite3.OperationalError as err:  # locked, disk full, read-only: not the input
+            log.warning("POST /feedback: the feedback log cannot be written now: %s", err)
+            retry = self.params.feedback.retry_after_s
+            message = f"the feedback log cannot be written now ({err}); retry in {retry} s"
+            return JSONResponse(
+                {"error": message}, status_code=503, headers={"Retry-After": str(retry)}
+            )
         count(variant, "feedback", "store")
         return answer({"status": "recorded", "seq": seq, "variant": variant})
+
+    def _feedback_store(self) -> FeedbackStore:
+        """The feedback log, opened on first use (``sqlite3.OperationalError`` if it cannot
+        be opened now: the next call tries again)."""
+        with self._feedback_lock:
+            if self._feedback is None:
+                timeout = self.params.feedback.busy_timeout_s
+                self._feedback = FeedbackStore(feedback_db(self.params), busy_timeout_s=timeout)
+            return self._feedback
 
     @bentoml.api(route="/items")
     async def items(

@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 
 from lmrec.config import MonitorParams
-from lmrec.data.contract import pseudonymise
 from lmrec.features.dataset import SplitData, load_split
 from lmrec.io import DataError, write_json
 from lmrec.models.base import Recommender
@@ -41,7 +40,7 @@ SCORE_BATCH = 256
 
 
 def read_feedback(db: Path) -> pd.DataFrame:
-    """Every event of the feedback log at ``db`` (raw user ids).
+    """Every event of the feedback log at ``db`` (pseudonymised user ids).
 
     Raises:
         DataError: the file is missing or is not a feedback log.
@@ -174,8 +173,7 @@ def run(
     if not (split_dir / "summary.json").is_file():
         raise DataError(f"{split_dir}: not a preprocess split (run `lmrec preprocess` first)")
     split = load_split(split_dir)
-    events = read_feedback(feedback_db)
-    events = events.assign(user_id=pseudonymise(events["user_id"]))
+    events = read_feedback(feedback_db)  # user ids as the split has them: pseudonymised
     now = time.time() if now is None else now
     scored, notes = {}, []
     window = recent_events(events, cfg.window_days, now)
