@@ -10,11 +10,13 @@
 # into the installed package (lmrec/serving/serve_params.json) at build time; set
 # LMREC_PARAMS to a mounted params file to override it. The user-id salt is not baked in:
 # pass LMREC_USER_ID_SALT at run time (the one `lmrec ingest` used), or known users get the
-# cold-start answer.
+# cold-start answer. LMREC_PRODUCTION=1: the service refuses to start without LMREC_API_TOKEN,
+# LMREC_ADMIN_TOKEN (for /admin/reload) and a secret salt (src/lmrec/serving/production.py).
 #
 # Build from the repository root, then run with a bundle:
 #   docker build -f docker/serving.Dockerfile -t lmrec-serving:dev .
-#   docker run --rm -p 3000:3000 -e LMREC_API_TOKEN=... -e LMREC_USER_ID_SALT=... \
+#   docker run --rm -p 3000:3000 -e LMREC_API_TOKEN=... -e LMREC_ADMIN_TOKEN=... \
+#     -e LMREC_USER_ID_SALT=... \
 #     -v "$PWD/artifacts/package/bundles/champion":/bundle:ro lmrec-serving:dev
 FROM python:3.11.14-slim-bookworm
 
@@ -27,7 +29,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/lmrec/.venv/bin:${PATH} \
     BENTOML_HOME=/var/lib/lmrec/bentoml \
     LMREC_BUNDLE=/bundle \
-    LMREC_FEEDBACK_DB=/var/lib/lmrec/feedback/feedback.db
+    LMREC_FEEDBACK_DB=/var/lib/lmrec/feedback/feedback.db \
+    LMREC_PRODUCTION=1
 
 RUN useradd --create-home --uid 1000 --shell /usr/sbin/nologin lmrec \
  && mkdir -p /opt/lmrec /var/lib/lmrec/bentoml /var/lib/lmrec/feedback /bundle \

@@ -548,7 +548,9 @@ def serve(
     """Serve the packaged champion (`bentoml serve lmrec.serving.service:LmrecService`).
 
     Environment: LMREC_BUNDLE (serve a bundle directory instead of the packaged model),
-    LMREC_API_TOKEN (require a bearer token), LMREC_FEEDBACK_DB (feedback store path).
+    LMREC_API_TOKEN (require a bearer token), LMREC_ADMIN_TOKEN (the one /admin/reload
+    takes), LMREC_PRODUCTION=1 (refuse to start without both tokens and a secret
+    LMREC_USER_ID_SALT), LMREC_FEEDBACK_DB (feedback store path).
     """
     import os
     import shutil

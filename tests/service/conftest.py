@@ -34,6 +34,13 @@ SERVICE = "lmrec.serving.service:LmrecService"
 READY_TIMEOUT_S = 90.0
 STOP_GRACE_S = 10.0
 TOKEN = "s3cret-token"
+ADMIN_TOKEN = "adm1n-token"
+#: what a production server (LMREC_PRODUCTION=1) needs besides the API token
+PRODUCTION_ENV = {
+    "LMREC_PRODUCTION": "1",
+    "LMREC_ADMIN_TOKEN": ADMIN_TOKEN,
+    "LMREC_USER_ID_SALT": "test-only-secret-salt",
+}
 #: a per-server environment marker, by which ``Server.pids`` finds its processes
 MARKER_ENV = "LMREC_TEST_SERVER_ID"
 #: environment variables each server gets from ``launch`` only (never from the caller)
@@ -43,6 +50,8 @@ OWN_ENV = frozenset(
         "LMREC_CHALLENGER_BUNDLE",
         "LMREC_PARAMS",
         "LMREC_API_TOKEN",
+        "LMREC_ADMIN_TOKEN",
+        "LMREC_PRODUCTION",
         "LMREC_LOAD_DELAY_S",
         "LMREC_FEEDBACK_DB",
     }
@@ -147,13 +156,14 @@ def launch(
     load_delay_s: float | None = None,
     feedback_db: Path | None = None,
     bento: tuple[Path, str] | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> Server:
     """Start a server in ``root`` (its cwd, log, BentoML home) without waiting for it.
 
     ``bundle`` None serves from the BentoML model store in ``root / "bentoml"`` (what
     ``lmrec package`` fills), as a deployed service does. ``bento`` (a virtualenv, a Bento
     tag) serves that built Bento with that virtualenv's ``bentoml``, on nothing but what
-    the Bento carries: no ``LMREC_PARAMS``, no ``PYTHONPATH``."""
+    the Bento carries: no ``LMREC_PARAMS``, no ``PYTHONPATH``. ``extra_env`` is set last."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in OWN_ENV and not k.startswith("BENTOML_")}
@@ -182,6 +192,7 @@ def launch(
         env["LMREC_API_TOKEN"] = token
     if load_delay_s is not None:
         env["LMREC_LOAD_DELAY_S"] = str(load_delay_s)
+    env.update(extra_env or {})
     log_path = root / f"server-{port}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -298,8 +309,11 @@ def server(tmp_path_factory, bundles) -> Iterator[Server]:
 
 @pytest.fixture(scope="session")
 def auth_server(tmp_path_factory, bundles) -> Iterator[Server]:
-    """A server that needs ``Authorization: Bearer TOKEN``."""
-    yield from _serve(tmp_path_factory, "auth", bundles.champion, token=TOKEN)
+    """A production server (``PRODUCTION_ENV``): the API needs ``Authorization: Bearer
+    TOKEN``, ``/admin/*`` ``ADMIN_TOKEN``."""
+    yield from _serve(
+        tmp_path_factory, "auth", bundles.champion, token=TOKEN, extra_env=PRODUCTION_ENV
+    )
 
 
 @pytest.fixture(scope="session")
@@ -317,6 +331,8 @@ class Launcher:
     (tests/service is not a package, so tests get these through the ``launcher`` fixture)."""
 
     token = TOKEN
+    admin_token = ADMIN_TOKEN
+    production_env = PRODUCTION_ENV
     launch = staticmethod(launch)
     write_params = staticmethod(write_params)
     start = staticmethod(start_server)

@@ -276,6 +276,29 @@ def test_auth_accepts_the_bearer_token(auth_server, launcher, bundles):
         assert len(authed.similar_items(item_id=bundles.item_ids[0], k=2)["items"]) == 2
 
 
+def test_admin_reload_takes_the_admin_token_not_the_api_token(auth_server, launcher):
+    api = {"authorization": f"Bearer {launcher.token}"}
+    refused = post(auth_server.base, "/admin/reload", {}, headers=api)
+    assert "token" in json_error(refused, 401)
+    admin = {"authorization": f"Bearer {launcher.admin_token}"}
+    reloaded = post(auth_server.base, "/admin/reload", {}, headers=admin)
+    assert reloaded.status_code == 200, reloaded.text
+    assert reloaded.json()["status"] == "unchanged"
+
+
+def test_production_refuses_to_start_without_tokens_and_a_secret_salt(tmp_path, bundles, launcher):
+    bare = {"LMREC_PRODUCTION": "1", "LMREC_USER_ID_SALT": ""}  # no tokens (OWN_ENV), no salt
+    server = launcher.launch(tmp_path, bundles.champion, extra_env=bare)
+    try:
+        assert server.proc.wait(timeout=120) != 0
+    finally:
+        server.stop()
+    log = server.log_tail(20_000)
+    assert "LMREC_PRODUCTION=1 and the service refuses to start" in log, log[-3000:]
+    for name in ("LMREC_API_TOKEN", "LMREC_ADMIN_TOKEN", "LMREC_USER_ID_SALT"):
+        assert f"{name} is unset" in log
+
+
 @pytest.mark.parametrize("path", ["/livez", "/readyz", "/metrics", "/docs.json"])
 def test_auth_leaves_probes_metrics_and_docs_open(auth_server, path):
     assert httpx.get(f"{auth_server.base}{path}", timeout=10).status_code == 200

@@ -35,3 +35,15 @@ def test_the_serving_image_carries_its_serve_params():
     assert "write_serve_params(load_params('/tmp/params.yaml').serve" in dockerfile
     assert "lmrec.serving.bento" in dockerfile
     assert "LMREC_PARAMS" not in _compose()["services"]["lmrec"]["environment"]
+
+
+def test_every_deployment_default_is_production_mode_with_both_tokens_required():
+    serving = _compose()["services"]["lmrec"]["environment"]
+    assert serving["LMREC_PRODUCTION"] == "1"
+    for name in ("LMREC_API_TOKEN", "LMREC_ADMIN_TOKEN"):
+        assert serving[name] == f"${{{name}:?set {name} in docker/.env}}"  # no default
+        assert re.search(rf"^{name}=\S+$", (DOCKER / ".env.example").read_text(), re.MULTILINE)
+    dockerfile = (DOCKER / "serving.Dockerfile").read_text()
+    assert "LMREC_PRODUCTION=1" in dockerfile.split("ENV ", 1)[1].split("\n\n", 1)[0]
+    bentofile = yaml.safe_load((DOCKER.parent / "bentofile.yaml").read_text())
+    assert {"name": "LMREC_PRODUCTION", "value": "1"} in bentofile["envs"]  # the Bento's image

@@ -3,7 +3,9 @@
 - Auth: when the environment variable named by ``token_env`` is set, every request except
   the open paths (``/livez``, ``/readyz``, ``/metrics``, ``/healthz``, the docs and the
   OpenAPI spec) needs ``Authorization: Bearer <token>``; otherwise 401 with a JSON message.
-  Tokens are compared in constant time.
+  ``/admin/*`` needs the token named by ``admin_token_env`` instead (the API token is
+  refused there) when that one is set. Tokens are compared in constant time. Whether an
+  unset token may leave the API open is ``lmrec.serving.production``'s call.
 - Size: a body over ``max_body_bytes`` gets 413, whether it declares its length or streams
   (a chunked body is read here, up to the limit, before the API sees it).
 """
@@ -23,6 +25,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/"})
 OPEN_PREFIXES = ("/docs", "/static_content")
+ADMIN_PREFIX = "/admin/"
 
 
 async def _reply(send: Send, status: int, message: str, headers: list | None = None) -> None:
@@ -48,16 +51,26 @@ class GuardMiddleware:
     deployment sets it before starting the server; rotating it means restarting workers).
     """
 
-    def __init__(self, app: Callable, token_env: str, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: Callable,
+        token_env: str,
+        max_body_bytes: int,
+        admin_token_env: str | None = None,
+    ) -> None:
         self.app = app
         self.token = (os.environ.get(token_env) or "").encode() or None
+        admin = (os.environ.get(admin_token_env) or "").encode() if admin_token_env else b""
+        self.admin_token = admin or self.token
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.token is not None and not self._authorized(scope, self.token):
+        admin = scope.get("path", "").startswith(ADMIN_PREFIX)
+        token = self.admin_token if admin else self.token
+        if token is not None and not self._authorized(scope, token):
             await _reply(
                 send,
                 401,

@@ -28,6 +28,10 @@ Configuration (environment; the params file's ``serve`` block for everything els
   (``lmrec.serving.bento``), else ``params.yaml`` when present, else the defaults.
 - ``LMREC_API_TOKEN``: when set, every API call needs ``Authorization: Bearer <token>``
   (401 otherwise); ``/livez``, ``/readyz``, ``/metrics`` and the docs stay open.
+- ``LMREC_ADMIN_TOKEN``: the bearer token of ``/admin/reload`` (the API token when unset).
+- ``LMREC_PRODUCTION=1`` (the Bento image's and docker/compose.yaml's default): the service
+  refuses to start without both tokens and a secret ``LMREC_USER_ID_SALT``
+  (``lmrec.serving.production``); unset, as in the local demo, the API may run open.
 - ``LMREC_FEEDBACK_DB``: the feedback store (default ``serve.feedback_db``); the items
   added through ``POST /items`` are kept in the same file.
 - ``LMREC_TORCH_THREADS``: torch threads per worker (default 1).
@@ -57,6 +61,7 @@ from pydantic import Field
 from starlette.responses import JSONResponse
 
 from lmrec.config import ServeParams, load_params
+from lmrec.serving import production
 from lmrec.serving.bento import carried_serve_params
 from lmrec.serving.catalog_store import NewItem
 from lmrec.serving.engine import Engine, RequestError
@@ -94,6 +99,7 @@ def serve_params() -> ServeParams:
 
 
 SERVE_PARAMS = serve_params()  # read once per process (the middleware needs it at import)
+production.check()  # a production service without its tokens or salt never starts
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -390,6 +396,7 @@ class LmrecService:
 
 LmrecService.add_asgi_middleware(
     GuardMiddleware,
-    token_env="LMREC_API_TOKEN",
+    token_env=production.API_TOKEN_ENV,
+    admin_token_env=production.ADMIN_TOKEN_ENV,
     max_body_bytes=SERVE_PARAMS.max_body_bytes,
 )
