@@ -26,6 +26,15 @@ adding one.
 The registered model's tag ``lmrec.champion_history`` lists the versions promoted so far
 (JSON, oldest first); ``rollback`` pops the current champion from it and points the alias
 at the version before.
+
+MLflow has no compare-and-swap, and promote/rollback read the alias and the history, then
+write both: two of them at once could leave the alias on one version and the history
+ending on another. So every write (``register``, ``set_challenger``, ``promote``,
+``rollback``) holds a file lock (``lmrec.locking``) for the store: ``$LMREC_REGISTRY_LOCK``
+when set, else beside a SQLite database (``mlflow.db.lock``: every writer of that file
+shares its filesystem) or inside a file store; for a tracking server, under
+``~/.cache/lmrec/locks``, which serialises the writers of one machine only; writers on
+several machines need ``$LMREC_REGISTRY_LOCK`` on a volume they share.
 """
 
 from __future__ import annotations
@@ -39,10 +48,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import yaml
 
 from lmrec.io import LmrecError
+from lmrec.locking import file_lock
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -51,6 +62,10 @@ REFIT_DIGEST_TAG = "lmrec.refit_digest"
 CANDIDATE_MODEL_TAG = "lmrec.candidate_model_uri"
 HISTORY_TAG = "lmrec.champion_history"
 ROLLED_BACK_TAG = "lmrec.rolled_back"
+#: Environment variable: the registry's lock file (default: ``registry_lock_path``).
+LOCK_ENV = "LMREC_REGISTRY_LOCK"
+#: Seconds a registry write waits for another one (each takes well under a second).
+LOCK_TIMEOUT_S = 120.0
 
 
 class RegistryError(LmrecError):
@@ -67,6 +82,19 @@ def model_digest(model_dir: str | Path) -> str:
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
+
+
+def registry_lock_path(uri: str) -> Path:
+    """The lock file serialising writes to the registry at ``uri`` (module docstring)."""
+    if os.environ.get(LOCK_ENV):
+        return Path(os.environ[LOCK_ENV])
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///") + ".lock")
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return Path(parsed.path or uri) / ".lmrec-registry.lock"
+    key = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    return Path.home() / ".cache" / "lmrec" / "locks" / f"registry-{key}.lock"
 
 
 @dataclass(frozen=True)
@@ -184,8 +212,16 @@ class Registry:
         return [int(v) for v in json.loads(raw)]
 
     # ---------------------------------------------------------------- writing
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        what = f"the MLflow registry at {self.uri!r}"
+        return file_lock(registry_lock_path(self.uri), LOCK_TIMEOUT_S, what)
+
     def register(self, model_uri: str, run_id: str | None, tags: dict[str, str]) -> Version:
         """A version for ``model_uri``, reusing the one with the same digest tags if any."""
+        with self._locked():
+            return self._register(model_uri, run_id, tags)
+
+    def _register(self, model_uri: str, run_id: str | None, tags: dict[str, str]) -> Version:
         digest = tags.get(DIGEST_TAG)
         existing = self.find_digest(digest, tags.get(REFIT_DIGEST_TAG)) if digest else None
         if existing is not None:
@@ -205,6 +241,10 @@ class Registry:
 
     def set_challenger(self, number: int) -> bool:
         """Point ``challenger`` at a version (not at the champion); True if it moved."""
+        with self._locked():
+            return self._set_challenger(number)
+
+    def _set_challenger(self, number: int) -> bool:
         target = self.version(number)
         if CHAMPION in target.aliases or CHALLENGER in target.aliases:
             return False
@@ -217,6 +257,10 @@ class Registry:
         Raises:
             RegistryError: no version given and no challenger, or no such version.
         """
+        with self._locked():
+            return self._promote(number)
+
+    def _promote(self, number: int | None) -> AliasChange:
         current = self.alias(CHAMPION)
         before = current.number if current else None
         if number is None:
@@ -248,6 +292,10 @@ class Registry:
         Raises:
             RegistryError: there is no champion, or no earlier champion to go back to.
         """
+        with self._locked():
+            return self._rollback(from_version)
+
+    def _rollback(self, from_version: int | None) -> AliasChange:
         current = self.alias(CHAMPION)
         if current is None:
             raise RegistryError(f"model {self.name!r} has no champion to roll back")
