@@ -9,18 +9,26 @@ readable message with a non-zero exit code:
     3  data validation failed (report written)
     4  the promotion gate refused the candidate (gate.json written; nothing registered)
     5  `lmrec drift`: the recent feedback drifted past the monitor thresholds (drift.json)
+
+Stage commands (``@stage_command``) run holding the workspace's pipeline lock
+(``lmrec.locking``): one stage at a time per workspace, whoever starts it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, ParamSpec
 
 import typer
 
 from lmrec.io import LmrecError
+
+P = ParamSpec("P")
 
 app = typer.Typer(
     help="lmrec: recommendation powered by pretrained language models, "
@@ -64,6 +72,24 @@ def main(
     )
 
 
+def stage_command(command: Callable[P, None]) -> Callable[P, None]:
+    """A command that reads or writes the workspace's pipeline artefacts: it runs holding
+    the pipeline lock (``lmrec.locking.pipeline_lock``), so no other stage runs meanwhile."""
+
+    @functools.wraps(command)  # typer reads the options from the wrapped signature
+    def locked(*args: P.args, **kwargs: P.kwargs) -> None:
+        from lmrec.locking import pipeline_lock
+
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(pipeline_lock())
+            except LmrecError as err:
+                raise _fail(err) from None
+            command(*args, **kwargs)
+
+    return locked
+
+
 def _column_pairs(pairs: list[str]) -> dict[str, str | None]:
     from lmrec.config import ColumnMap
 
@@ -78,6 +104,7 @@ def _column_pairs(pairs: list[str]) -> dict[str, str | None]:
 
 
 @app.command()
+@stage_command
 def ingest(
     source: Annotated[
         str | None,
@@ -139,6 +166,7 @@ def ingest(
 
 
 @app.command()
+@stage_command
 def validate(
     interactions: InteractionsOpt = Path("data/interactions.parquet"),
     items: ItemsOpt = Path("data/items.parquet"),
@@ -159,6 +187,7 @@ def validate(
 
 
 @app.command()
+@stage_command
 def preprocess(
     interactions: InteractionsOpt = Path("data/interactions.parquet"),
     items: ItemsOpt = Path("data/items.parquet"),
@@ -179,6 +208,7 @@ def preprocess(
 
 
 @app.command()
+@stage_command
 def embed(
     split: Annotated[
         Path, typer.Option(help="split directory written by `lmrec preprocess` (items.parquet).")
@@ -200,6 +230,7 @@ def embed(
 
 
 @app.command()
+@stage_command
 def train(
     split: Annotated[
         Path, typer.Option(help="split directory written by `lmrec preprocess`.")
@@ -257,6 +288,7 @@ SplitOpt = Annotated[Path, typer.Option(help="split directory written by `lmrec 
 
 
 @app.command()
+@stage_command
 def evaluate(
     split: SplitOpt = Path("artifacts/preprocess"),
     embeddings: Annotated[
@@ -286,6 +318,7 @@ def evaluate(
 
 
 @app.command()
+@stage_command
 def gate(
     evaluation: Annotated[
         Path, typer.Option(help="evaluate stage output (comparison.json).")
@@ -323,6 +356,7 @@ def gate(
 
 
 @app.command()
+@stage_command
 def refit(
     interactions: InteractionsOpt = Path("data/interactions.parquet"),
     split: Annotated[
@@ -358,6 +392,7 @@ def refit(
 
 
 @app.command()
+@stage_command
 def register(
     gate_dir: Annotated[Path, typer.Option("--gate", help="gate stage output (gate.json).")] = Path(
         "artifacts/gate"
@@ -469,6 +504,7 @@ def versions(params: ParamsOpt = Path("params.yaml")) -> None:
 
 
 @app.command()
+@stage_command
 def package(
     split: Annotated[
         Path,
@@ -563,6 +599,7 @@ def serve(
 
 
 @app.command()
+@stage_command
 def drift(
     split: SplitOpt = Path("artifacts/preprocess"),
     feedback: Annotated[
