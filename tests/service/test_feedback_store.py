@@ -273,3 +273,12 @@ def test_a_version_0_log_is_migrated_once(tmp_path):
         (pseudonymise_id("alice"), 1.0),
         (pseudonymise_id("bob"), 3.0),
     ]
+
+
+def test_a_read_only_log_fails_with_nothing_written(store):
+    store.append(_event(0))
+    store._db().execute("PRAGMA query_only = ON")  # SQLite's own read-only database
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        store.append_many([_event(1), _event(2)])
+    store._db().execute("PRAGMA query_only = OFF")
+    assert [e.item_id for e in store.read()] == ["item0"]
