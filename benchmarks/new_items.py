@@ -1,10 +1,10 @@
 """New items in front of users: the model's cold-start mechanism and the exposure trade-off.
 
 On a split whose cold holdout plays the part of new arrivals (``preprocess.cold_item_share``
-≥ 0.1: catalog rows with no training interactions), for each ID-dropout rate and seed the
-LM-powered model is trained exactly as ``lmrec train`` trains it (early stopping on
-validation), then judged the way users meet it, through the serving exposure policy
-(``lmrec.serving.exposure``) at several settings:
+≥ 0.1: catalog rows with no training interactions), for each training recipe (ID-dropout
+rate × ``text_loss_weight`` × ``cold_head``) and seed the LM-powered model is trained exactly as
+``lmrec train`` trains it (early stopping on validation), then judged the way users meet
+it, through the serving exposure policy (``lmrec.serving.exposure``) at several settings:
 
 * warm NDCG@10: the protocol's test (or validation) rows, every list after the policy;
 * new-item HR@10 / NDCG@10: the protocol's ``new_items`` rows (each user's cold interaction,
@@ -15,13 +15,14 @@ and setting) and a table to ``<out>/new_items_<stage>.md``. The default is chose
 validation stage: the most new-item hits whose warm NDCG@10 stays ≥ 0.98× the raw model of
 today's default (``--reference-dropout``) on the same split.
 
-    python benchmarks/new_items.py --workspace /path/with/artifacts --stage val \\
-        --id-dropout 0 0.1 0.3 0.5 --seeds 0
+    python benchmarks/new_items.py --workspace /path/with/artifacts --stage val test \\
+        --id-dropout 0 --text-loss 0 0.5 1 --seeds 0 1 2 --save-models /tmp/models
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import tempfile
@@ -113,41 +114,45 @@ def tradeoff(
     ]
 
 
-def train_lmrec(split, embeddings, params, seed: int, id_dropout: float):
-    """lmrec's model trained as the train stage trains it, with this seed and ID dropout."""
+def train_lmrec(split, embeddings, params, seed: int, recipe: dict[str, Any]):
+    """lmrec's model trained as the train stage trains it, with this seed and recipe
+    (``train.sequential`` overrides)."""
     from lmrec.train.trainer import train_sequential
 
-    sequential = {**params.train.sequential, "id_dropout": id_dropout}
+    sequential = {**params.train.sequential, **recipe}
     cfg = params.train.model_copy(update={"seed": seed, "sequential": sequential})
     with tempfile.TemporaryDirectory(prefix="lmrec-newitems-") as tmp:
         return train_sequential(split, embeddings, cfg, Path(tmp), progress=False)
 
 
 def markdown(rows: list[dict[str, Any]], stage: str, facts: dict[str, Any]) -> str:
-    """Mean ± std over seeds per (id_dropout, slots, score quantile, text weight)."""
+    """Mean ± std over seeds per (recipe, slots, score quantile, text weight)."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         key = (
             row["id_dropout"],
+            row.get("text_loss_weight", 0.0),
+            bool(row.get("cold_head", False)),
             row["slots"],
             row.get("min_score_quantile", 0.0),
             row.get("text_weight", 0.0),
         )
         groups.setdefault(key, []).append(row)
     lines = [
-        f"# New items: ID dropout × exposure slots ({stage} stage, MovieLens-100K new arrivals)",
+        f"# New items: training recipe × exposure ({stage} stage, MovieLens-100K new arrivals)",
         "",
         f"{facts['users']} users, {facts['items']} items, {facts['new_items']} items without "
         f"training interactions; {facts['n_new']} new-item rows, {facts['n_warm']} warm rows; "
         f"{facts['date']}. Lists of 10 after the serving policy; new items ranked against the "
         "whole catalog.",
         "",
-        "| id_dropout | slots | score quantile | text weight | seeds | warm NDCG@10 "
-        "| new-item HR@10 | new-item NDCG@10 | fresh/list |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| id_dropout | text loss | cold head | slots | score quantile | text weight | seeds "
+        "| warm NDCG@10 | new-item HR@10 | new-item NDCG@10 | fresh/list |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (dropout, slots, quantile, weight), group in sorted(groups.items()):
-        cells = [f"{dropout:g}", str(slots), f"{quantile:g}", f"{weight:g}", str(len(group))]
+    for (dropout, text_loss, head, slots, quantile, weight), group in sorted(groups.items()):
+        cells = [f"{dropout:g}", f"{text_loss:g}", "yes" if head else "no", str(slots)]
+        cells += [f"{quantile:g}", f"{weight:g}", str(len(group))]
         for key in ("warm_ndcg@10", "new_hr@10", "new_ndcg@10", "fresh_per_list"):
             values = np.array([r[key] for r in group])
             std = values.std(ddof=1) if len(values) > 1 else 0.0
@@ -159,18 +164,37 @@ def markdown(rows: list[dict[str, Any]], stage: str, facts: dict[str, Any]) -> s
 
 
 def _models(args, split, embeddings, params):
-    """(id_dropout, seed, model, fit facts) per model judged: trained, or ``--models``."""
+    """(recipe, seed, model, fit facts) per model judged: trained, or ``--models``.
+
+    A recipe is ``{"id_dropout": ..., "text_loss_weight": ..., "cold_head": ...}``; with
+    ``--save-models`` a trained model is saved under ``<dir>/<recipe>-seed<seed>`` for
+    ``--models`` later.
+    """
     if args.models:
         from lmrec.models.registry import load_model
 
-        for seed, path in enumerate(args.models):
-            yield args.id_dropout[0], seed, load_model(path), {"model_dir": str(path)}
+        for path in args.models:
+            model = load_model(path)
+            p = model.params
+            recipe = {
+                "id_dropout": p.id_dropout,
+                "text_loss_weight": p.text_loss_weight,
+                "cold_head": p.cold_head,
+            }
+            yield recipe, p.seed, model, {"model_dir": str(path)}
         return
-    for dropout in args.id_dropout:
+    for dropout, text_loss, head in itertools.product(
+        args.id_dropout, args.text_loss, args.cold_head
+    ):
+        recipe = {"id_dropout": dropout, "text_loss_weight": text_loss, "cold_head": bool(head)}
         for seed in args.seeds:
-            result = train_lmrec(split, embeddings, params, seed, dropout)
+            result = train_lmrec(split, embeddings, params, seed, recipe)
             fit = {"fit_seconds": result.seconds, "best_epoch": result.best_epoch + 1}
-            yield dropout, seed, result.model, fit
+            if args.save_models:
+                name = f"drop{dropout:g}-text{text_loss:g}-head{int(head)}-seed{seed}"
+                result.model.save(args.save_models / name)
+                fit["model_dir"] = str(args.save_models / name)
+            yield recipe, seed, result.model, fit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,8 +202,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workspace", type=Path, default=REPO, help="has artifacts/ and params.yaml"
     )
-    parser.add_argument("--stage", choices=("val", "test"), default="val")
-    parser.add_argument("--id-dropout", type=float, nargs="+", default=[0.0, 0.1, 0.3, 0.5])
+    parser.add_argument(
+        "--stage",
+        choices=("val", "test"),
+        nargs="+",
+        default=["val"],
+        help="stages judged (one fit serves both: training only sees the train split)",
+    )
+    parser.add_argument("--id-dropout", type=float, nargs="+", default=[0.0])
+    parser.add_argument(
+        "--text-loss",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="train.sequential.text_loss_weight values to train (with each --id-dropout)",
+    )
+    parser.add_argument(
+        "--cold-head",
+        type=int,
+        choices=(0, 1),
+        nargs="+",
+        default=[0],
+        help="train.sequential.cold_head values to train (1 = a cold head)",
+    )
+    parser.add_argument("--save-models", type=Path, help="save every trained model here")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results")
@@ -188,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         nargs="+",
         help="judge these saved model directories (config.json + weights.safetensors, "
-        "trained with ID dropout --id-dropout[0]) instead of training one per seed",
+        "each with its own recipe and seed) instead of training one per seed",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -198,26 +244,28 @@ def main(argv: list[str] | None = None) -> int:
     embeddings, _ = load_embeddings(args.workspace / "artifacts/embed")
     params = load_params(args.workspace / "params.yaml")
     args.out.mkdir(parents=True, exist_ok=True)
-    jsonl = args.out / f"new_items_{args.stage}.jsonl"
     text = unit_text(embeddings)
-    rows: list[dict[str, Any]] = []
-    for dropout, seed, model, fit in _models(args, split, embeddings, params):
-        for row in tradeoff(model, split, args.stage, text=text):
-            row.update(id_dropout=dropout, seed=seed, **fit)
-            rows.append(row)
-            with jsonl.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
-        print(f"id_dropout {dropout} seed {seed}: {rows[-1]}", flush=True)
-    facts = {
-        "users": split.n_users,
-        "items": split.n_items,
-        "new_items": int((split.items["n_train"] == 0).sum()),
-        "n_new": rows[0]["n_new"],
-        "n_warm": rows[0]["n_warm"],
-        "date": time.strftime("%Y-%m-%d"),
-    }
-    (args.out / f"new_items_{args.stage}.md").write_text(markdown(rows, args.stage, facts))
-    print(markdown(rows, args.stage, facts))
+    rows: dict[str, list[dict[str, Any]]] = {stage: [] for stage in args.stage}
+    for recipe, seed, model, fit in _models(args, split, embeddings, params):
+        for stage in args.stage:
+            for row in tradeoff(model, split, stage, text=text):
+                row.update(**recipe, seed=seed, **fit)
+                rows[stage].append(row)
+                with (args.out / f"new_items_{stage}.jsonl").open("a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+            print(f"{stage} {recipe} seed {seed}: {rows[stage][-1]}", flush=True)
+    for stage, stage_rows in rows.items():
+        facts = {
+            "users": split.n_users,
+            "items": split.n_items,
+            "new_items": int((split.items["n_train"] == 0).sum()),
+            "n_new": stage_rows[0]["n_new"],
+            "n_warm": stage_rows[0]["n_warm"],
+            "date": time.strftime("%Y-%m-%d"),
+        }
+        table = markdown(stage_rows, stage, facts)
+        (args.out / f"new_items_{stage}.md").write_text(table)
+        print(table)
     return 0
 
 

@@ -10,6 +10,7 @@ wrap it. The loop that minimises it is in ``sequential_fit``; the layout of the
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -18,6 +19,9 @@ from torch import nn
 
 from lmrec.models.sequential_net import BOS, N_SPECIAL, PAD, SequentialNet
 from lmrec.models.sequential_params import SequentialParams
+
+#: Output vectors [..., dim] of the items at an index tensor (one loss term's item table).
+VectorsOf = Callable[[torch.Tensor], torch.Tensor]
 
 
 def history_tokens(histories: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +83,13 @@ class NextItemObjective(nn.Module):
 
     A full softmax over the items with training interactions while the catalog has at most
     ``full_softmax_max_items`` items, beyond that a sampled softmax with popularity-drawn,
-    logQ-corrected negatives (Yi et al., 2019).
+    logQ-corrected negatives (Yi et al., 2019). With ``text_loss_weight`` > 0 the loss adds
+    that weight times the same cross-entropy against text-only item vectors (the output
+    side's ID embeddings dropped), so that the text projection alone ranks items the way
+    an item without interactions is ranked (DropoutNet's idea, on the output side only).
+    With a cold head (``net.cold_proj``) the loss adds the cross-entropy of the same targets
+    against ``cold_proj``'s text vectors, on user vectors and text detached from the graph:
+    only the head learns from it.
 
     Args:
         net: the network being trained.
@@ -127,35 +137,41 @@ class NextItemObjective(nn.Module):
         hidden, target = net.encode(tokens, id_keep, text)[valid], targets[valid]
         full = net.n_items <= p.full_softmax_max_items
         softmax = self._full_softmax if full else self._sampled_softmax
-        total = softmax(hidden, target, id_keep, text)
+        total = softmax(hidden, target, lambda index: net.item_vectors(index, id_keep, text))
+        if p.text_loss_weight > 0 and net.item_id is not None and net.text_proj is not None:
+            # The same targets scored against text-only item vectors (every ID embedding
+            # dropped on the output side): trains the text projection to rank items by
+            # itself, which is how an item without interactions is scored.
+            no_ids = torch.zeros(net.n_items, device=tokens.device)
+            text_only = softmax(hidden, target, lambda i: net.item_vectors(i, no_ids, text))
+            total = total + p.text_loss_weight * text_only
+        if net.cold_proj is not None:
+            # The cold head learns where the user vectors point from items' text alone; the
+            # user vectors and the text are fixed for it, so it leaves the warm model as is.
+            table = (net.item_text if text is None else text).detach()
+            cold = softmax(hidden.detach(), target, lambda index: net.cold_proj(table[index]))
+            total = total + cold
         return total * scale, total.detach() / max(len(target), 1)
 
     def _full_softmax(
-        self,
-        hidden: torch.Tensor,
-        target: torch.Tensor,
-        id_keep: torch.Tensor | None,
-        text: torch.Tensor | None,
+        self, hidden: torch.Tensor, target: torch.Tensor, vectors: VectorsOf
     ) -> torch.Tensor:
-        """Summed cross-entropy of ``hidden`` [n, dim] against every trainable item."""
-        logits = (hidden @ self.net.item_vectors(self.trainable, id_keep, text).T).float()
+        """Summed cross-entropy of ``hidden`` [n, dim] against every trainable item, whose
+        output vectors are ``vectors(index)``."""
+        logits = (hidden @ vectors(self.trainable).T).float()
         return F.cross_entropy(
             logits, self.column[target], reduction="sum", label_smoothing=self.p.label_smoothing
         )
 
     def _sampled_softmax(
-        self,
-        hidden: torch.Tensor,
-        target: torch.Tensor,
-        id_keep: torch.Tensor | None,
-        text: torch.Tensor | None,
+        self, hidden: torch.Tensor, target: torch.Tensor, vectors: VectorsOf
     ) -> torch.Tensor:
         """Summed logQ-corrected cross-entropy against ``n_negatives`` shared negatives."""
-        p, net, popularity = self.p, self.net, self.popularity
+        p, popularity = self.p, self.popularity
         negatives = torch.multinomial(popularity, p.n_negatives, replacement=True)
         log_q = popularity.log()
-        positive = (hidden * net.item_vectors(target, id_keep, text)).sum(-1).float()
-        negative = (hidden @ net.item_vectors(negatives, id_keep, text).T).float()
+        positive = (hidden * vectors(target)).sum(-1).float()
+        negative = (hidden @ vectors(negatives).T).float()
         positive, negative = positive - log_q[target], negative - log_q[negatives]
         same = negatives.unsqueeze(0) == target.unsqueeze(1)
         logits = torch.cat([positive.unsqueeze(1), negative.masked_fill(same, -math.inf)], 1)
