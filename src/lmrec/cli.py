@@ -599,6 +599,48 @@ def serve(
 
 
 @app.command()
+def forget(
+    user_id: Annotated[
+        str | None,
+        typer.Option(help="the user's raw id, as the product service sends it (or its pseudonym)."),
+    ] = None,
+    expired: Annotated[
+        bool, typer.Option(help="erase the events older than serve.feedback.retention_days.")
+    ] = False,
+    feedback: Annotated[
+        Path | None,
+        typer.Option(help="the feedback log. Default: $LMREC_FEEDBACK_DB, else serve.feedback_db."),
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Erase a user's events (--user-id) or the expired ones (--expired) from the feedback
+    and impression logs, with a line in the audit log (serve.feedback.audit_log; never the
+    raw id). A forgotten user is also left out of every later `lmrec ingest` snapshot.
+    The salt is $LMREC_USER_ID_SALT: the service's.
+    """
+    import os
+
+    from lmrec.config import load_params
+    from lmrec.serving import erasure
+
+    try:
+        if (user_id is None) == (not expired):
+            raise LmrecError("give exactly one of --user-id ID and --expired")
+        cfg = load_params(params).serve
+        db = feedback or Path(os.environ.get("LMREC_FEEDBACK_DB") or cfg.feedback_db)
+        audit = erasure.audit_path(db, cfg.feedback.audit_log)
+        if user_id is not None:
+            record = erasure.forget(db, user_id, audit)
+        elif cfg.feedback.retention_days is None:
+            raise LmrecError("serve.feedback.retention_days is null: nothing expires")
+        else:
+            record = erasure.expire(db, cfg.feedback.retention_days, audit)
+    except LmrecError as err:
+        raise _fail(err) from None
+    _show(f"erased from {db} (audit: {audit})", record["deleted"])
+
+
+@app.command()
 @stage_command
 def drift(
     split: SplitOpt = Path("artifacts/preprocess"),

@@ -114,6 +114,22 @@ def test_raw_user_id_is_pseudonymised_like_ingest(client, bundles):
     assert by_raw["items"] == by_pseudonym["items"]
 
 
+def test_every_answer_is_logged_as_impressions_under_its_request_id(client, server):
+    answer = client.recommend(user_id="dora@example.com", k=4)
+    deadline, rows = time.monotonic() + 10, []
+    while not rows and time.monotonic() < deadline:  # written by a thread, off the answer
+        conn = sqlite3.connect(server.feedback_db)
+        rows = conn.execute(
+            "SELECT user_id, model_version, variant, item_id, position FROM impressions "
+            "WHERE request_id = ? ORDER BY position",
+            (answer["request_id"],),
+        ).fetchall()
+        conn.close()
+        time.sleep(0.05)
+    user = pseudonymise_id("dora@example.com")  # never the raw id
+    assert rows == [(user, "7", "champion", item, i) for i, item in enumerate(ids(answer))]
+
+
 def test_exclude_seen_drops_history_and_can_be_turned_off(client, bundles, user):
     user_id, history = user
     n_items = len(bundles.item_ids)

@@ -25,6 +25,10 @@ ADDED_ITEMS = bentoml.metrics.Gauge(
     name="lmrec_added_items",
     documentation="Items served that the champion's catalog did not have (added via /items)",
 )
+IMPRESSIONS_DROPPED = bentoml.metrics.Counter(
+    name="lmrec_impressions_dropped_total",
+    documentation="Served items not written to the impression log (queue full or write failed)",
+)
 _COUNTERS: dict[tuple[str, str, str], Any] = {}
 
 

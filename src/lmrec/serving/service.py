@@ -6,7 +6,7 @@ Endpoints: ``POST /recommend``, ``POST /similar_items``, ``POST /feedback``,
 ``POST /items``, ``POST /admin/reload``; BentoML's ``/livez``, ``/readyz`` (503 until the
 model is loaded) and ``/metrics`` (Prometheus, with ``lmrec_requests_total{variant,endpoint,
 path}``, ``lmrec_model_reloads_total{result}``, ``lmrec_items_added_total{status}`` and the
-``lmrec_added_items`` gauge).
+``lmrec_added_items`` gauge, ``lmrec_impressions_dropped_total``).
 
 ``POST /items`` adds an item to the served catalog (or replaces an item's text) and keeps
 it durably (``lmrec.serving.new_items``): it is in ``/recommend`` and ``/similar_items``
@@ -36,6 +36,12 @@ Configuration (environment; the params file's ``serve`` block for everything els
   added through ``POST /items`` are kept in the same file.
 - ``LMREC_TORCH_THREADS``: torch threads per worker (default 1).
 
+Privacy: the feedback log and the impression log (every answer's items by ``request_id``,
+``lmrec.serving.impressions``, for online metrics per variant) hold pseudonymised user ids
+(``$LMREC_USER_ID_SALT``, as ingest), never raw ones; events older than
+``serve.feedback.retention_days`` are erased at start and then daily, and ``lmrec forget
+--user-id`` erases one user's (``lmrec.serving.erasure``), each with a line in the audit log.
+
 A/B: with a challenger loaded, ``serve.challenger_share`` of the users (by a salted hash of
 the user id; requests without one go to the champion) are served by the challenger. Every
 response names its ``variant`` and ``model_version``.
@@ -61,12 +67,13 @@ from pydantic import Field
 from starlette.responses import JSONResponse
 
 from lmrec.config import ServeParams, load_params
-from lmrec.serving import production
+from lmrec.serving import erasure, production
 from lmrec.serving.bento import carried_serve_params
 from lmrec.serving.catalog_store import NewItem
 from lmrec.serving.engine import Engine, RequestError
 from lmrec.serving.feedback import FeedbackEvent, FeedbackStore
 from lmrec.serving.guard import GuardMiddleware
+from lmrec.serving.impressions import ImpressionLog
 from lmrec.serving.metrics import ADDED_ITEMS, ITEMS_ADDED, RELOADS, count
 from lmrec.serving.new_items import NewItems
 from lmrec.serving.sources import sources
@@ -134,12 +141,16 @@ class LmrecService:
         self._reload_lock = threading.Lock()
         self._feedback = None
         self._feedback_lock = threading.Lock()
+        timeout = self.params.feedback.busy_timeout_s
+        self._impressions = ImpressionLog(feedback_db(self.params), busy_timeout_s=timeout)
         self._new_items = NewItems(feedback_db(self.params))
         self._items_lock = asyncio.Lock()  # one POST /items at a time (on the event loop)
         # Here too, not only in the loading thread: OpenMP's thread count is per thread, and
         # the async endpoints run on this (the event loop's) thread.
         torch.set_num_threads(int(os.environ.get("LMREC_TORCH_THREADS", "1")))
         threading.Thread(target=self._load, name="lmrec-load", daemon=True).start()
+        if self.params.feedback.retention_days is not None:
+            threading.Thread(target=self._retain, name="lmrec-retention", daemon=True).start()
 
     # ------------------------------------------------------------ loading
     def _load(self) -> None:
@@ -153,6 +164,21 @@ class LmrecService:
         while self.params.reload_poll_s > 0:
             time.sleep(self.params.reload_poll_s)
             self._refresh()
+
+    def _retain(self) -> None:
+        """Erase the events older than ``serve.feedback.retention_days`` from the feedback
+        and impression logs at start, then every day (``lmrec.serving.erasure``)."""
+        db, cfg = Path(feedback_db(self.params)), self.params.feedback
+        while True:
+            try:
+                if db.is_file():
+                    record = erasure.expire(
+                        db, cfg.retention_days, erasure.audit_path(db, cfg.audit_log)
+                    )
+                    log.info("retention %g days: deleted %s", cfg.retention_days, record["deleted"])
+            except Exception as err:  # retention must not stop the service; it runs again
+                log.error("retention on %s failed: %s", db, err)
+            time.sleep(erasure.DAY_S)
 
     def _refresh(self) -> dict[str, Any]:
         """Load what is to be served now if it changed, then swap it in atomically.
@@ -254,7 +280,9 @@ class LmrecService:
         explain: StrictBool = False,
         diversity: float = 0.0,
     ) -> dict[str, Any]:
-        """Top-k items for a user (by id), a posted session history, or both."""
+        """Top-k items for a user (by id), a posted session history, or both. The answer's
+        items are logged as impressions under its ``request_id`` (``lmrec.serving
+        .impressions``)."""
         if (busy := self._not_ready()) is not None:
             return busy
         engines = self.engines  # one model set for the whole request, even across a reload
@@ -267,12 +295,15 @@ class LmrecService:
         except RequestError as err:
             return error(err.status, str(err))
         count(variant, "recommend", result["path"])
+        request_id = uuid.uuid4().hex
+        served = [item["item_id"] for item in result["items"]]
+        self._impressions.log(request_id, user_id, engine.version, variant, served)
         return answer(
             {
                 "items": result["items"],
                 "model_version": engine.version,
                 "variant": variant,
-                "request_id": uuid.uuid4().hex,
+                "request_id": request_id,
                 "path": result["path"],
                 "ignored_items": result["ignored_items"],
             }

@@ -44,9 +44,23 @@ def load_source(cfg: IngestParams, inputs: IngestInputs) -> tuple[pd.DataFrame, 
     return tabular.load(inputs.interactions, inputs.items, cfg.columns, cfg.default_event)
 
 
+def drop_forgotten(interactions: pd.DataFrame, feedback_db: Path) -> pd.DataFrame:
+    """``interactions`` without the users ``lmrec forget`` erased (listed in the feedback
+    log at ``feedback_db``), whatever the source: a forgotten user stays out of every later
+    snapshot."""
+    forgotten = feedback.forgotten_users(feedback_db)
+    if not forgotten:
+        return interactions
+    gone = interactions["user_id"].isin(forgotten)
+    if gone.any():
+        log.info("dropped %d interaction(s) of %d forgotten user(s)", gone.sum(), len(forgotten))
+    return interactions[~gone].reset_index(drop=True)
+
+
 def run(cfg: IngestParams, inputs: IngestInputs, out_dir: Path) -> dict:
     """Ingest the source into ``out_dir``; return a summary (counts per table)."""
     interactions, items = load_source(cfg, inputs)
+    interactions = drop_forgotten(interactions, Path(cfg.feedback.db))
     with atomic_dir(out_dir) as tmp:
         interactions.to_parquet(tmp / "interactions.parquet", index=False)
         items.to_parquet(tmp / "items.parquet", index=False)
