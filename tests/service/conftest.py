@@ -35,6 +35,8 @@ READY_TIMEOUT_S = 90.0
 STOP_GRACE_S = 10.0
 TOKEN = "s3cret-token"
 ADMIN_TOKEN = "adm1n-token"
+#: the request_id of the plain server's one event older than the retention limit
+EXPIRED_REQUEST = "expired-before-start"
 #: what a production server (LMREC_PRODUCTION=1) needs besides the API token
 PRODUCTION_ENV = {
     "LMREC_PRODUCTION": "1",
@@ -301,10 +303,16 @@ def _serve(tmp_path_factory, name: str, bundle: Path, **kwargs) -> Iterator[Serv
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, bundles) -> Iterator[Server]:
     """The plain server: champion only, no auth (shared by the HTTP and fuzz tests); a
-    feedback write waits 2 s for a lock (tests/service/test_service_http.py holds one)."""
+    feedback write waits 2 s for a lock (tests/service/test_service_http.py holds one). Its
+    feedback log starts with one event past the retention limit (``EXPIRED_REQUEST``)."""
+    from lmrec.serving.feedback import FeedbackEvent, FeedbackStore
+
     root = tmp_path_factory.mktemp("plain-params")
     params = write_params(root / "plain.yaml", feedback={"busy_timeout_s": 2.0, "retry_after_s": 3})
-    yield from _serve(tmp_path_factory, "plain", bundles.champion, params=params)
+    db = root / "fb.db"
+    with FeedbackStore(db) as store:
+        store.append(FeedbackEvent("old-user", "item", "click", 1.0, request_id=EXPIRED_REQUEST))
+    yield from _serve(tmp_path_factory, "plain", bundles.champion, params=params, feedback_db=db)
 
 
 @pytest.fixture(scope="session")
@@ -332,6 +340,7 @@ class Launcher:
 
     token = TOKEN
     admin_token = ADMIN_TOKEN
+    expired_request = EXPIRED_REQUEST
     production_env = PRODUCTION_ENV
     launch = staticmethod(launch)
     write_params = staticmethod(write_params)

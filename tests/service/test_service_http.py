@@ -262,6 +262,17 @@ def test_feedback_is_503_while_the_log_is_locked_and_a_retry_is_stored_once(serv
     assert (rows["request_id"] == body["request_id"]).sum() == 1
 
 
+def test_events_past_the_retention_limit_are_erased_at_start(server, launcher):
+    audit = server.feedback_db.parent / "audit.log"  # serve.feedback.audit_log null: beside
+    deadline = time.monotonic() + 20
+    while not audit.is_file() and time.monotonic() < deadline:  # a thread of its own
+        time.sleep(0.1)
+    record = json.loads(audit.read_text().splitlines()[0])
+    assert record["action"] == "expire" and record["deleted"]["feedback_events"] == 1
+    with FeedbackStore(server.feedback_db) as store:
+        assert launcher.expired_request not in set(store.to_frame()["request_id"])
+
+
 # ----------------------------------------------------------------------- auth
 @pytest.mark.parametrize(
     "authorization",
