@@ -689,5 +689,54 @@ def drift(
     raise typer.Exit(code=report["exit_code"])
 
 
+@app.command("online-report")
+def online_report(
+    feedback: Annotated[
+        Path | None,
+        typer.Option(
+            help="the service's log (impressions and feedback events, one SQLite file). "
+            "Default: $LMREC_FEEDBACK_DB, else params serve.feedback_db."
+        ),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option(help="output directory for online.json and online.png.")
+    ] = Path("artifacts/monitor"),
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """CTR per model version and variant over the last monitor.online.window_days: the
+    impression log joined to the feedback log by request_id and item (a click: any of
+    monitor.online.positive_events), a Wilson interval per arm, a two-proportion z-test of
+    the challenger against the champion (verdict better / worse / no difference at
+    monitor.online.alpha) and each version's offline NDCG@10 from the MLflow registry.
+    Exit 0 with the report written; 2 when the log is missing or unreadable.
+    """
+    import os
+
+    from lmrec.config import load_params
+    from lmrec.stages import online as stage
+    from lmrec.train.tracking import tracking_uri
+
+    try:
+        cfg = load_params(params)
+        db = feedback or Path(os.environ.get("LMREC_FEEDBACK_DB") or cfg.serve.feedback_db)
+        stage.read_logs(db)  # a missing or corrupt log fails before the registry is opened
+        uri = tracking_uri(cfg.train.mlflow.tracking_uri)
+        offline, notes = stage.offline_ndcg(uri, cfg.register.model_name, cfg.evaluate.stage)
+        report = stage.run(cfg.monitor.online, db, out, offline, notes, registry=uri)
+    except LmrecError as err:
+        raise _fail(err) from None
+    for arm in report["arms"]:
+        ndcg = arm["offline_ndcg@10"]
+        shown = f"{arm['impressions']:,} impressions, {arm['clicks']:,} clicks"
+        ctr = f"CTR {arm['ctr']:.4f} [{arm['ci_low']:.4f}, {arm['ci_high']:.4f}]"
+        offline = "?" if ndcg is None else f"{ndcg:.4f}"
+        typer.echo(f"  v{arm['model_version']} {arm['variant']}: {shown}, {ctr}, NDCG@10 {offline}")
+    for note in report["notes"]:
+        typer.echo(f"  {note}")
+    test = report["test"]
+    typer.secho(f"{test['verdict'] or 'not judged'}: {test['reason']}", bold=True)
+    typer.echo(f"report: {out / stage.ONLINE_FILE}, {out / stage.ONLINE_PLOT}")
+
+
 if __name__ == "__main__":
     app()

@@ -258,6 +258,18 @@ class ServeParams(Block):
     exposure: ExposureParams = ExposureParams()
 
 
+class OnlineParams(Block):
+    """Online metrics per variant (``lmrec online-report``): the impression log joined to
+    the feedback log by ``request_id`` and item; a served item counts as clicked when it
+    got any of ``positive_events``."""
+
+    positive_events: list[str] = Field(default_factory=lambda: ["click"], min_length=1)
+    window_days: float | None = Field(7.0, gt=0)
+    confidence: float = Field(0.95, gt=0, lt=1)
+    alpha: float = Field(0.05, gt=0, lt=1)
+    min_impressions: int = Field(100, ge=1)
+
+
 class MonitorParams(Block):
     """Drift monitoring (``lmrec drift``): feedback events of the last ``window_days``
     against the training split; any metric above its ``max_*`` threshold is drift.
@@ -275,6 +287,7 @@ class MonitorParams(Block):
     max_score_shift: float = Field(0.3, ge=0, le=1)
     score_bins: int = Field(10, ge=2)
     score_model: str | None = "artifacts/train/model"
+    online: OnlineParams = OnlineParams()
 
 
 class Params(Block):
