@@ -148,7 +148,8 @@ class EvaluateParams(Block):
 
 
 METRIC_PATH = (
-    r"^(overall|slices\.(cold_items|new_items|short_history|long_tail)"
+    r"^(overall"
+    r"|slices\.(cold_items|new_items|short_history|long_tail|activity_q[1-4]|worst_user_group)"
     r"|served\.(overall|new_items))\.[a-z_]+(@\d+)?$"
 )
 

@@ -95,7 +95,7 @@ def test_history_items_are_excluded_not_the_target(split: SplitData) -> None:
 
 def test_protocol_reports_the_slice_and_a_split_without_times(split: SplitData) -> None:
     out = P.evaluate_protocol(Fixed(np.arange(N_ITEMS, dtype=float)), split, "test")
-    assert set(out["slices"]) == {"new_items", "cold_items", "short_history", "long_tail"}
+    assert {"new_items", "cold_items", "short_history", "long_tail"} <= set(out["slices"])
     untimed = SplitData(**{**split.__dict__, "cold": split.cold[["user_idx", "item_idx"]]})
     users, _, histories = P.new_item_rows(untimed, "test")
     assert users.tolist() == [0, 1] and [len(h) for h in histories] == [4, 2]

@@ -174,14 +174,47 @@ def test_cold_slice_only_ranks_cold_items(split):
 
 def test_protocol_slices_select_the_right_users(split):
     result = P.evaluate_protocol(Oracle(split, "test"), split, k=10, short_history_max=5)
-    assert set(result) == {"overall", "slices", "sample"}
+    assert set(result) == {"overall", "slices", "sample", "worst_user_group"}
     assert result["sample"]["users_evaluated"] == result["sample"]["users_total"] == 3
-    assert set(result["slices"]) == {"new_items", "cold_items", "short_history", "long_tail"}
+    quartiles = {name for name in P.ACTIVITY_GROUPS if name in result["slices"]}
+    assert set(result["slices"]) == {
+        "new_items", "cold_items", "short_history", "long_tail", "worst_user_group", *quartiles
+    }  # fmt: skip
+    assert sum(result["slices"][name]["n_users"] for name in quartiles) == 3
     assert result["overall"]["n_users"] == 3
     assert result["slices"]["short_history"]["n_users"] == 2  # u1, u2
     assert result["slices"]["long_tail"]["n_users"] == 2  # targets 7 and 5; 0 is head
     assert result["slices"]["cold_items"]["n_users"] == 2
     assert result["overall"] == P.evaluate(Oracle(split, "test"), split, k=10)
+
+
+def test_activity_quartiles_partition_the_users_and_the_worst_is_named():
+    """Users by quartile of training activity (least active first); the worst-served
+    quartile's metrics are the ``worst_user_group`` slice, its name at the top level."""
+    lengths = [1, 1, 2, 2, 4, 4, 8, 8]  # two users per quartile
+    train = [list(range(n)) for n in lengths]
+    # The oracle hits every target; u2 and u3 (second quartile) are given wrong targets.
+    test = [8] * 8
+    split = make_split(train, val=[-1] * 8, test=test, cold_pairs=[], n_items=9, cold_items=())
+    scores = np.zeros((8, 9))
+    scores[:, 8] = 1.0
+    scores[[2, 3], 8] = -1.0  # their target last
+
+    class ByLength:
+        def score(self, histories, allow_nonfinite=False):
+            return np.stack([scores[2] if len(h) == 2 else scores[0] for h in histories])
+
+    result = P.evaluate_protocol(ByLength(), split, k=1)
+    groups = [result["slices"][name] for name in P.ACTIVITY_GROUPS]
+    assert [g["n_users"] for g in groups] == [2, 2, 2, 2]
+    assert [g["hr@1"] for g in groups] == [1.0, 0.0, 1.0, 1.0]
+    assert result["worst_user_group"] == "activity_q2"
+    assert result["slices"]["worst_user_group"] == result["slices"]["activity_q2"]
+    # A sample keeps the population's cut points: each sampled user stays in its quartile.
+    sampled = P.evaluate_protocol(ByLength(), split, k=1, max_users=4, sample_seed=1)
+    present = [sampled["slices"][n] for n in P.ACTIVITY_GROUPS if n in sampled["slices"]]
+    assert all(group["users_total"] == 2 for group in present)
+    assert sum(group["users_evaluated"] for group in present) == 4
 
 
 def test_batching_does_not_change_results(split):

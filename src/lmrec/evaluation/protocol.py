@@ -14,6 +14,11 @@ computed once per user and then averaged overall and over slices:
   ranked (recall among cold items) and the user's cold items are the relevant set.
 * ``short_history``: users with at most ``short_history_max`` training interactions.
 * ``long_tail``: users whose target is not a head item (``metrics.head_items``).
+* ``activity_q1`` .. ``activity_q4``: users by quartile of their training interactions
+  (q1 the least active; cut points over every user with a target, so a sample keeps them),
+  and ``worst_user_group``: the metrics of the quartile with the lowest NDCG@k (its name in
+  the result's top-level ``worst_user_group``), so that the gate holds the worst-served
+  group, not only the average.
 
 Full ranking is the protocol. For very large user counts ``max_users`` scores a seeded
 simple random sample of the users with a target (``sample_users``; the item slices keep
@@ -143,16 +148,38 @@ def _summarise(
     return out
 
 
+#: User groups by training activity: quartiles, least active first.
+ACTIVITY_GROUPS = ("activity_q1", "activity_q2", "activity_q3", "activity_q4")
+
+
+def _train_lengths(split: SplitData, users: np.ndarray) -> np.ndarray:
+    return np.fromiter((len(split.train[u]) for u in users), np.int64, count=len(users))
+
+
 def _groups(
-    split: SplitData, users: np.ndarray, targets: np.ndarray, head: np.ndarray, short_max: int
+    split: SplitData,
+    users: np.ndarray,
+    targets: np.ndarray,
+    head: np.ndarray,
+    short_max: int,
+    activity_cuts: np.ndarray,
 ) -> dict[str, np.ndarray]:
-    """Boolean masks over ``users``: overall, short-history and long-tail."""
-    train_len = np.fromiter((len(split.train[u]) for u in users), np.int64, count=len(users))
+    """Boolean masks over ``users``: overall, short-history, long-tail and the activity
+    quartiles (``activity_cuts``: the three training-length cut points)."""
+    train_len = _train_lengths(split, users)
+    quartile = np.searchsorted(activity_cuts, train_len, side="left")
     return {
         "overall": np.ones(len(users), dtype=bool),
         "short_history": train_len <= short_max,
         "long_tail": ~head[targets],
+        **{name: quartile == q for q, name in enumerate(ACTIVITY_GROUPS)},
     }
+
+
+def worst_group(groups: Mapping[str, Mapping[str, Any]], metric: str) -> str | None:
+    """The activity group with the lowest ``metric`` (groups without users left out)."""
+    scored = [n for n in ACTIVITY_GROUPS if groups[n]["n_users"] > 0]
+    return min(scored, key=lambda n: groups[n][metric]) if scored else None
 
 
 def _user_groups(
@@ -180,11 +207,12 @@ def _user_groups(
     ranked = _rank_users(model, split, stage, everyone if users is None else users, k, batch_size)
     counts = train_counts(split)
     head = M.head_items(counts, head_share)
-    groups = _groups(split, ranked.users, ranked.targets, head, short_history_max)
+    cuts = np.quantile(_train_lengths(split, everyone), [0.25, 0.5, 0.75]) if len(everyone) else []
+    groups = _groups(split, ranked.users, ranked.targets, head, short_history_max, cuts)
     population = {
         name: int(mask.sum())
         for name, mask in _groups(
-            split, everyone, all_targets[everyone], head, short_history_max
+            split, everyone, all_targets[everyone], head, short_history_max, cuts
         ).items()
     }
     context = {"k": k, "recall_k": recall_k, "counts": counts, "head": head}
@@ -240,9 +268,10 @@ def evaluate_protocol(
 
     Returns:
         ``{"overall": {...}, "slices": {"new_items": {...}, "cold_items": {...},
-        "short_history": {...}, "long_tail": {...}}}``; the new-item slice reports ``hr@k``,
-        ``ndcg@k``, ``mrr@k`` (full catalog), the cold slice ``hr@k``, ``ndcg@k``,
-        ``recall@k`` (cold items only).
+        "short_history": {...}, "long_tail": {...}, "activity_q1".."activity_q4": {...},
+        "worst_user_group": {...}}, "worst_user_group": "activity_q<n>"}``; the new-item
+        slice reports ``hr@k``, ``ndcg@k``, ``mrr@k`` (full catalog), the cold slice
+        ``hr@k``, ``ndcg@k``, ``recall@k`` (cold items only).
         Every group also has ``users_evaluated``, ``users_total`` and ``ci95`` (per rank
         metric ``{"low", "high"}``); ``"sample"`` says how the users were chosen.
         With ``popularity_bins``, also ``"popularity_curve"``: the share of all top-k
@@ -256,8 +285,14 @@ def evaluate_protocol(
         "cold_items": cold_item_slice(model, split, stage, k, batch_size, users=users),
         "short_history": groups["short_history"],
         "long_tail": groups["long_tail"],
+        # quartiles without users (ties in activity; tiny samples) are left out
+        **{name: groups[name] for name in ACTIVITY_GROUPS if groups[name]["n_users"]},
     }
+    worst = worst_group(groups, f"ndcg@{k}")
+    if worst is not None:
+        slices["worst_user_group"] = groups[worst]
     out: dict[str, Any] = {"overall": groups["overall"], "slices": slices}
+    out["worst_user_group"] = worst
     out["sample"] = {
         "method": "every user" if users is None else "seeded simple random sample of users",
         "max_users": max_users,

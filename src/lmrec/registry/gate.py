@@ -105,19 +105,28 @@ def _change_parts(check: GateCheck, value: float, ref: float) -> list[tuple[bool
     return parts
 
 
+def _reference_value(ref: Reference, path: str) -> float:
+    """A reference's value of ``path``; NaN when it was never computed for it (a champion
+    evaluated before the metric existed): the candidate's own value raised on a typo."""
+    try:
+        return metric_value(ref.metrics, path)
+    except LmrecError:
+        return float("nan")
+
+
 def _change_check(check: GateCheck, value: float, refs: list[Reference]) -> CheckResult:
     name = f"{check.metric} vs {check.against}"
     if math.isnan(value):
-        ref_values = [metric_value(ref.metrics, check.metric) for ref in refs]
+        ref_values = [_reference_value(ref, check.metric) for ref in refs]
         if all(math.isnan(v) for v in ref_values):
             reason = f"{check.metric}: no users in this slice for any model, not compared"
             return CheckResult(name, "skip", reason)
         return CheckResult(name, "fail", f"{check.metric} is NaN (no users in the slice?)")
     failures, passes = [], []
     for ref in refs:
-        ref_value = metric_value(ref.metrics, check.metric)
+        ref_value = _reference_value(ref, check.metric)
         if math.isnan(ref_value):
-            passes.append(f"{ref.label} has no value to compare")
+            passes.append(f"{ref.label} has no value to compare (not computed for it)")
             continue
         for holds, text in _change_parts(check, value, ref_value):
             line = f"{_fmt(value)} vs {ref.label} {_fmt(ref_value)}: {text}"
