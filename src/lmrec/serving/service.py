@@ -249,6 +249,11 @@ class LmrecService:
             out["error"] = self.load_error
         return out
 
+    @bentoml.on_shutdown
+    def _flush_impressions(self) -> None:
+        """A graceful stop (SIGTERM) writes the impressions still queued first."""
+        self._impressions.flush(timeout_s=5.0)
+
     def __is_ready__(self) -> bool:
         return bool(self.engines)
 
