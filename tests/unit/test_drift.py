@@ -91,7 +91,7 @@ def _feedback(db, users, items, ts):
 def test_stage_pseudonymises_and_writes_json(tmp_path, tiny_split_dir):
     split = load_split(tiny_split_dir)
     # Raw ids, as the service receives them (the synthetic source's "user00042"); the
-    # split holds their pseudonyms, so the stage must pseudonymise before comparing.
+    # split holds their pseudonyms, and so does the log (the store pseudonymises on append).
     raw_users = [f"user{i:05d}" for i in range(split.n_users)]
     assert set(pseudonymise(pd.Series(raw_users))) == set(split.user_ids)
     rng = np.random.default_rng(0)
