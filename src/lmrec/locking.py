@@ -61,10 +61,15 @@ def file_lock(path: str | Path, timeout_s: float, what: str) -> Iterator[None]:
 
     Raises:
         LockTimeout: still held by another process after ``timeout_s`` seconds.
+        LmrecError: the lock file cannot be created or opened (a read-only workspace).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+") as fh:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = path.open("a+")
+    except OSError as err:
+        raise LmrecError(f"{path}: cannot open the lock file of {what}: {err}") from err
+    with fh:
         deadline = time.monotonic() + timeout_s
         while True:
             try:

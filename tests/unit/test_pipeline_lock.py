@@ -66,3 +66,10 @@ def test_a_stage_command_waits_for_the_holder_to_finish(tmp_path):
     assert time.monotonic() - started >= 1.0  # it waited for the lock...
     assert done.returncode == 2, done.stdout + done.stderr  # ...then ran: no input data here
     assert "data/interactions.parquet" in done.stderr
+
+
+def test_an_unwritable_lock_file_is_a_clear_error(tmp_path):
+    (tmp_path / "artifacts").write_text("a file where the folder should be")
+    done = lmrec(tmp_path, "validate", wait_s=0)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "cannot open the lock file of the pipeline workspace" in done.stderr
