@@ -662,8 +662,10 @@ def drift(
 ) -> None:
     """Compare the last monitor.window_days of feedback with the training split: unseen
     users and items, popularity shift, catalog churn, and score shift (how the model ranks
-    the window's items vs the test items; params monitor). Exit 0: no drift (or too few
-    events to judge); exit 5: drift (reasons printed and in drift.json).
+    the window's items vs the test items; params monitor), and the champion's age in the
+    registry. Exit 0: no drift (or too few events to judge); exit 5: drift; exit 6: no drift
+    but the champion is older than monitor.max_model_age_days (reasons printed and in
+    drift.json).
     """
     from lmrec.config import load_params
     from lmrec.stages import drift as stage
@@ -674,19 +676,36 @@ def drift(
         monitor = cfg.monitor
         if score_model is not None:
             monitor = monitor.model_copy(update={"score_model": str(score_model)})
-        report = stage.run(monitor, split, db, out)
+        champion = _champion_registered(params)
+        report = stage.run(monitor, split, db, out, champion=champion)
     except LmrecError as err:
         raise _fail(err) from None
     if report["metrics"]:
         metrics = {k: round(v, 4) for k, v in report["metrics"].items()}
         _show(f"drift check on {report['n_events']:,} events", metrics)
-    for reason in [*report["reasons"], *report["notes"]]:
+    for reason in [*report["reasons"], *report["notes"], report["model_age"]["reason"]]:
         typer.echo(f"  {reason}")
-    if not report["drifted"]:
+    if report["drifted"]:
+        typer.secho(f"drift detected ({out}/drift.json)", bold=True, fg=typer.colors.RED)
+    elif report["stale"]:
+        typer.secho(f"stale champion ({out}/drift.json)", bold=True, fg=typer.colors.RED)
+    else:
         typer.secho(f"no drift ({out}/drift.json)", bold=True, fg=typer.colors.GREEN)
-        return
-    typer.secho(f"drift detected ({out}/drift.json)", bold=True, fg=typer.colors.RED)
-    raise typer.Exit(code=report["exit_code"])
+    if report["exit_code"]:
+        raise typer.Exit(code=report["exit_code"])
+
+
+def _champion_registered(params: Path) -> tuple[int, float | None] | None:
+    """(version, registration time) of the registry's champion, or None without one or
+    when the registry cannot be read (said on stderr: the drift check still runs)."""
+    from lmrec.registry.store import CHAMPION
+
+    try:
+        champion = _registry(params).alias(CHAMPION)
+    except LmrecError as err:
+        typer.secho(f"champion age not judged: {err}", err=True, fg=typer.colors.YELLOW)
+        return None
+    return None if champion is None else (champion.number, champion.created_at)
 
 
 @app.command("online-report")

@@ -276,7 +276,9 @@ class MonitorParams(Block):
     against the training split; any metric above its ``max_*`` threshold is drift.
 
     ``score_model`` is the model trained on the monitored split (relative to the working
-    directory); ``None`` turns ``score_shift`` off, a missing directory skips it."""
+    directory); ``None`` turns ``score_shift`` off, a missing directory skips it.
+    ``max_model_age_days``: a champion registered longer ago than this is stale (an alarm
+    of its own, exit 6; None: never)."""
 
     window_days: float = Field(7.0, gt=0)
     min_events: int = Field(100, ge=1)
@@ -288,6 +290,7 @@ class MonitorParams(Block):
     max_score_shift: float = Field(0.3, ge=0, le=1)
     score_bins: int = Field(10, ge=2)
     score_model: str | None = "artifacts/train/model"
+    max_model_age_days: float | None = Field(30.0, gt=0)
     online: OnlineParams = OnlineParams()
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,6 +174,9 @@ def test_registering_the_same_digest_twice_gives_one_version(registry, store):
     other = registry.register(second.model_uri, second.run_id, second.tags)
     assert other.number == 2
     assert [v.digest for v in registry.versions()] == [first.digest, second.digest]
+    # each version knows when it was registered (the monitor's model age)
+    assert abs(other.created_at - time.time()) < 600
+    assert registry.version(1).created_at <= registry.version(2).created_at
 
 
 # ------------------------------------------------------------------- promote, rollback

@@ -21,9 +21,11 @@ from lmrec.features.dataset import load_split
 from lmrec.io import DataError
 from lmrec.monitoring.drift import (
     DRIFTED_EXIT_CODE,
+    STALE_EXIT_CODE,
     check_drift,
     drift_metrics,
     js_distance,
+    model_age,
     recent_events,
 )
 from lmrec.serving.feedback import FeedbackEvent, FeedbackStore
@@ -139,3 +141,61 @@ def test_empty_log_is_not_judged(tmp_path, tiny_split_dir):
     report = stage.run(MonitorParams(score_model=None), tiny_split_dir, db, tmp_path / "out")
     assert not report["drifted"] and not report["judged"] and report["exit_code"] == 0
     assert "only 0 feedback event(s)" in report["reasons"][0]
+
+
+def test_model_age_and_the_stale_alarm():
+    day = 86_400.0
+    young = model_age(3, NOW - 2 * day, NOW, max_days=30.0)
+    assert young["age_days"] == pytest.approx(2.0) and not young["stale"]
+    assert young["reason"] == "champion v3 is 2.0 days old (monitor.max_model_age_days 30)"
+    old = model_age(3, NOW - 45 * day, NOW, max_days=30.0)
+    assert old["stale"] and "champion v3 is 45.0 days old" in old["reason"]
+    assert "stale" in old["reason"]
+    assert not model_age(3, NOW - 45 * day, NOW, max_days=None)["stale"]  # no limit
+    assert model_age(None, None, NOW, 30.0) == {
+        "version": None, "stale": False, "reason": "no champion: age not judged"
+    }  # fmt: skip
+
+
+def test_a_stale_champion_exits_6_unless_the_data_drifted(tmp_path, tiny_split_dir):
+    """A champion older than max_model_age_days (e.g. the gate refused every candidate since)
+    is an alarm of its own; drift, which triggers the retrain, takes precedence."""
+    split = load_split(tiny_split_dir)
+    db = tmp_path / "feedback.db"
+    FeedbackStore(db).close()  # nothing to judge drift on: only the age decides
+    cfg = MonitorParams(score_model=None, max_model_age_days=30.0)
+    now = time.time()
+    fresh = stage.run(cfg, tiny_split_dir, db, tmp_path / "a", champion=(2, now - 86_400))
+    assert fresh["exit_code"] == 0 and not fresh["stale"]
+    assert fresh["model_age"]["version"] == 2
+    stale = stage.run(cfg, tiny_split_dir, db, tmp_path / "b", champion=(2, now - 31 * 86_400))
+    assert stale["exit_code"] == STALE_EXIT_CODE and stale["stale"]
+    written = json.loads((tmp_path / "b" / "drift.json").read_text())
+    assert written["model_age"]["age_days"] == pytest.approx(31.0, abs=0.01)
+    # drifted as well: exit 5 (the monitor DAG retrains), still reported stale
+    cold = split.items.query("n_train == 0")["item_id"].tolist()
+    rng = np.random.default_rng(0)
+    strangers = [f"stranger{i}" for i in range(200)]
+    drifted_db = tmp_path / "drifted.db"
+    _feedback(drifted_db, strangers, rng.choice(cold, 200).tolist(), [now - 60] * 200)
+    both = stage.run(
+        cfg, tiny_split_dir, drifted_db, tmp_path / "c", champion=(2, now - 31 * 86_400)
+    )
+    assert both["drifted"] and both["stale"] and both["exit_code"] == DRIFTED_EXIT_CODE
+
+
+def test_cli_reports_the_age_of_the_registry_champion(tmp_path, tiny_split_dir, monkeypatch):
+    """`lmrec drift` reads the champion from the MLflow registry (an empty store here:
+    no champion, not judged) and says so; an unreadable registry does not stop the check."""
+    runner = CliRunner()
+    db = tmp_path / "feedback.db"
+    FeedbackStore(db).close()
+    args = ["drift", "--split", str(tiny_split_dir), "--feedback", str(db), "--out"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    done = runner.invoke(app, [*args, str(tmp_path / "m"), "--score-model", str(tmp_path)])
+    assert done.exit_code == 0, done.output
+    assert "no champion: age not judged" in done.output
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://nobody@127.0.0.1:1/none")
+    down = runner.invoke(app, [*args, str(tmp_path / "n"), "--score-model", str(tmp_path)])
+    assert down.exit_code == 0, down.output
+    assert "champion age not judged" in down.output

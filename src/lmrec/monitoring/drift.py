@@ -46,6 +46,9 @@ from lmrec.config import MonitorParams
 
 #: Exit code of ``lmrec drift`` when drift is detected (0: no drift).
 DRIFTED_EXIT_CODE = 5
+#: Exit code of ``lmrec drift`` when the champion is older than ``monitor.max_model_age_days``
+#: and the data has not drifted (drift, 5, wins: it triggers the retrain).
+STALE_EXIT_CODE = 6
 
 #: metric name -> the ``monitor`` params field holding its threshold.
 THRESHOLDS = {
@@ -163,6 +166,32 @@ def verdict(metrics: Mapping[str, float], cfg: MonitorParams) -> tuple[bool, lis
         if name in metrics and metrics[name] > limit:
             reasons.append(f"{name} {metrics[name]:.4f} > {field} {limit:g}")
     return bool(reasons), reasons
+
+
+def model_age(
+    version: int | None, created_at: float | None, now: float, max_days: float | None
+) -> dict:
+    """The served champion's age and whether it is stale (older than ``max_days``).
+
+    A champion the gate keeps refusing to replace grows older every day the monitor runs,
+    so a run of refusals ends in this alarm even when the data has not drifted.
+    """
+    if version is None or created_at is None:
+        return {"version": version, "stale": False, "reason": "no champion: age not judged"}
+    days = max(0.0, (now - created_at) / 86_400.0)
+    stale = max_days is not None and days > max_days
+    limit = "no limit" if max_days is None else f"monitor.max_model_age_days {max_days:g}"
+    reason = f"champion v{version} is {days:.1f} days old ({limit})"
+    if stale:
+        reason += ": stale, retrain it or find out why the gate refuses candidates"
+    return {
+        "version": version,
+        "registered_at": created_at,
+        "age_days": days,
+        "max_days": max_days,
+        "stale": stale,
+        "reason": reason,
+    }
 
 
 def check_drift(

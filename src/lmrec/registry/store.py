@@ -106,6 +106,7 @@ class Version:
     source: str
     tags: dict[str, str]
     aliases: tuple[str, ...]
+    created_at: float | None = None  # unix seconds the version was registered
 
     @property
     def digest(self) -> str | None:
@@ -174,6 +175,7 @@ class Registry:
                     source=v.source,
                     tags=dict(v.tags or {}),
                     aliases=tuple(sorted(aliases.get(int(v.version), []))),
+                    created_at=v.creation_timestamp / 1000 if v.creation_timestamp else None,
                 )
                 for v in found
             ),

@@ -5,10 +5,12 @@ DAG runs it daily through ``lmrec drift`` and triggers a retrain when it reports
 
     {"drifted": bool, "judged": bool, "reasons": [...], "metrics": {...},
      "thresholds": {...}, "notes": [...], "n_events": ..., "window": {...},
-     "score_model": str | null, "exit_code": 0 | 5}
+     "score_model": str | null, "model_age": {...}, "stale": bool, "exit_code": 0 | 5 | 6}
 
 ``score_shift`` (see ``lmrec.monitoring.drift``) scores histories with the model at
 ``monitor.score_model``; ``notes`` says why it is missing from ``metrics`` when it is.
+``model_age`` is the registry champion's age (``monitoring.drift.model_age``): older than
+``monitor.max_model_age_days`` it is stale, exit 6 unless the data drifted (exit 5).
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from lmrec.io import DataError, write_json
 from lmrec.models.base import Recommender
 from lmrec.monitoring.drift import (
     DRIFTED_EXIT_CODE,
+    STALE_EXIT_CODE,
     check_drift,
+    model_age,
     rank_percentiles,
     recent_events,
     score_shift,
@@ -162,8 +166,13 @@ def run(
     feedback_db: Path,
     out_dir: Path,
     now: float | None = None,
+    champion: tuple[int, float | None] | None = None,
 ) -> dict:
-    """Check drift; write ``out_dir/drift.json``; return the report.
+    """Check drift and the champion's age; write ``out_dir/drift.json``; return the report.
+
+    Args:
+        champion: (version, unix seconds it was registered) of the registry's champion;
+            None when there is none (its age is then not judged).
 
     Raises:
         DataError: the split or the feedback log is missing or unreadable, or the
@@ -180,12 +189,16 @@ def run(
     if len(window) >= cfg.min_events:  # else nothing is judged: skip the scoring pass
         scored, notes = model_score_shift(cfg, split, split_dir, window)
     report = check_drift(cfg, split.user_ids, split.items, events, now, scored, notes)
+    age = model_age(*(champion or (None, None)), now, cfg.max_model_age_days)
+    exit_code = DRIFTED_EXIT_CODE if report["drifted"] else STALE_EXIT_CODE if age["stale"] else 0
     report = {
         **report,
         "split": str(split_dir),
         "feedback": str(feedback_db),
         "score_model": None if cfg.score_model is None else str(Path(cfg.score_model).resolve()),
-        "exit_code": DRIFTED_EXIT_CODE if report["drifted"] else 0,
+        "model_age": age,
+        "stale": age["stale"],
+        "exit_code": exit_code,
     }
     write_json(out_dir / DRIFT_FILE, report)
     return report
