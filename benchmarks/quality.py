@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -105,34 +107,77 @@ def _summarise(name: str, kind: str, runs: list[dict[str, float]]) -> dict[str, 
     return out
 
 
+def saved_fits(paths: list[Path], params) -> list[SimpleNamespace]:
+    """Models saved by a run that trained them as the train stage does (``new_items.py
+    --save-models``), as fits: each must have ``params``'s recipe (seed aside).
+
+    Raises:
+        SystemExit: a model was trained with another recipe.
+    """
+    from lmrec.models.registry import load_model
+
+    want = {k: v for k, v in params.train.sequential.items() if k != "seed"}
+    fits = []
+    for path in paths:
+        model = load_model(path)
+        have = {k: getattr(model.params, k) for k in want if hasattr(model.params, k)}
+        differ = {k: (have[k], want[k]) for k in have if have[k] != want[k]}
+        if differ:
+            raise SystemExit(f"{path}: trained with another recipe (saved, wanted): {differ}")
+        fits.append(
+            SimpleNamespace(
+                model=model, seed=model.params.seed, seconds=float("nan"), best_epoch=None,
+                epochs_run=None,
+            )
+        )  # fmt: skip
+    return fits
+
+
 def run_lmrec(
-    split, embeddings, params, seeds: list[int], log, name: str = "lmrec (LM-powered sequential)"
+    split,
+    embeddings,
+    params,
+    seeds: list[int],
+    log,
+    name: str = "lmrec (LM-powered sequential)",
+    saved: list[Path] | None = None,
 ) -> tuple[dict, dict]:
-    """Train lmrec's model per seed as the train stage does; test metrics per seed, and the
-    served path: the same lists after the serving exposure policy (``serve.exposure``)."""
+    """Train lmrec's model per seed as the train stage does (or take the ``saved`` fits);
+    test metrics per seed, and the served path: the same lists after the serving exposure
+    policy (``serve.exposure``)."""
     runs, extra = [], {"best_epochs": [], "epochs_run": [], "tradeoff": []}
     exposure = params.serve.exposure
     default = (exposure.slots, exposure.min_score_quantile, exposure.text_weight)
     settings = sorted({*SETTINGS, default})
     text = unit_text(embeddings)
-    for seed in seeds:
-        cfg = params.train.model_copy(update={"seed": seed})
-        with tempfile.TemporaryDirectory(prefix="lmrec-bench-") as tmp:
-            result = train_sequential(split, embeddings, cfg, Path(tmp), progress=False)
+    fits = (
+        saved_fits(saved, params) if saved else (_fit(split, embeddings, params, s) for s in seeds)
+    )
+    for result in fits:
+        seed = result.seed
         test = evaluate_protocol(result.model, split, "test")
         runs.append(_row(test, result.seconds))
         curve = tradeoff(result.model, split, "test", settings, exposure.max_interactions, text)
         served = next(r for r in curve if _setting(r) == default)
         runs[-1].update(served_ndcg=served["warm_ndcg@10"], served_new_hr=served["new_hr@10"])
         extra["tradeoff"] += [{**r, "seed": seed} for r in curve]
-        extra["best_epochs"].append(result.best_epoch + 1)
+        best = None if result.best_epoch is None else result.best_epoch + 1
+        extra["best_epochs"].append(best)
         extra["epochs_run"].append(result.epochs_run)
         log(
             f"lmrec seed {seed}: NDCG@10 {runs[-1]['ndcg@10']:.4f}  "
             f"cold R@10 {runs[-1]['cold_recall@10']:.4f}  {result.seconds:.0f} s "
-            f"({result.epochs_run} epochs, best {result.best_epoch + 1})"
+            f"({result.epochs_run} epochs, best {best})"
         )
     return _summarise(name, "lmrec", runs), extra
+
+
+def _fit(split, embeddings, params, seed: int):
+    cfg = params.train.model_copy(update={"seed": seed})
+    with tempfile.TemporaryDirectory(prefix="lmrec-bench-") as tmp:
+        result = train_sequential(split, embeddings, cfg, Path(tmp), progress=False)
+    result.seed = seed
+    return result
 
 
 def run_baselines(split, params, seeds: list[int], log) -> list[dict[str, Any]]:
@@ -204,10 +249,11 @@ def checks(
             "passed": None if ratio is None else ratio >= TARGETS[key],
         }
     seconds = max(r["fit_seconds"] for r in lmrec["runs"])
+    timed = not math.isnan(seconds)  # saved fits (--models) were not timed here
     out["train_seconds_max"] = {
-        "value": seconds,
+        "value": seconds if timed else None,
         "target": MAX_TRAIN_SECONDS,
-        "passed": seconds <= MAX_TRAIN_SECONDS,
+        "passed": seconds <= MAX_TRAIN_SECONDS if timed else None,
     }
     return out
 
@@ -242,6 +288,8 @@ def tradeoff_markdown(curve: list[dict[str, Any]], default: tuple[int, float, fl
 def _fmt(row: dict[str, Any], column: str) -> str:
     mean, std = row[column], row[f"{column}_std"]
     if column == "fit_seconds":
+        if math.isnan(mean):
+            return "saved"
         return f"{mean:.1f}" if row["seeds"] == 1 else f"{mean:.1f} ± {std:.1f}"
     return f"{mean:.4f}" if row["seeds"] == 1 else f"{mean:.4f} ± {std:.4f}"
 
@@ -290,7 +338,8 @@ def markdown(rows: list[dict[str, Any]], result_checks: dict[str, Any], facts: d
     lines += ["", "| check | against | ratio / value | target | passed |", "|---|---|---|---|---|"]
     for key, check in result_checks.items():
         if key == "train_seconds_max":
-            value, against = f"{check['value']:.0f} s", "-"
+            value = "saved fits" if check["value"] is None else f"{check['value']:.0f} s"
+            against = "-"
             target = f"≤ {check['target']:.0f} s"
         else:
             value = "n/a" if check["ratio"] is None else f"{check['ratio']:.2f}×"
@@ -320,6 +369,19 @@ def main(argv: list[str] | None = None) -> int:
         help="also train this params file's recipe (e.g. the previous default) as the "
         "reference of the served_ndcg_vs_reference check",
     )
+    parser.add_argument(
+        "--models",
+        type=Path,
+        nargs="+",
+        help="judge these saved lmrec models (one per seed, trained with --params' recipe, "
+        "e.g. by new_items.py --save-models) instead of training them",
+    )
+    parser.add_argument(
+        "--reference-models",
+        type=Path,
+        nargs="+",
+        help="the same for the --reference-params recipe",
+    )
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--no-cache", action="store_true", help="refit every peer")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads for lmrec")
@@ -339,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     split = load_split(args.split)
     embeddings, _ = load_embeddings(args.embeddings)
     params = load_params(args.params)
-    lmrec, extra = run_lmrec(split, embeddings, params, args.seeds, log)
+    lmrec, extra = run_lmrec(split, embeddings, params, args.seeds, log, saved=args.models)
     rows = [lmrec]
     reference = None
     if args.reference_params is not None:
@@ -349,7 +411,9 @@ def main(argv: list[str] | None = None) -> int:
             runs = [{c: r[c] for c in COLUMNS} for r in lmrec["runs"]]
             reference = _summarise(f"{name}: the same fits, raw lists", "lmrec", runs)
         else:
-            reference, _ = run_lmrec(split, embeddings, ref_params, args.seeds, log, name)
+            reference, _ = run_lmrec(
+                split, embeddings, ref_params, args.seeds, log, name, args.reference_models
+            )
         rows.append(reference)
     rows.append(run_text_knn(split, embeddings, log))
     if not args.no_baselines:
