@@ -738,10 +738,9 @@ def online_report(
     try:
         cfg = load_params(params)
         db = feedback or Path(os.environ.get("LMREC_FEEDBACK_DB") or cfg.serve.feedback_db)
-        stage.read_logs(db)  # a missing or corrupt log fails before the registry is opened
         uri = tracking_uri(cfg.train.mlflow.tracking_uri)
-        offline, notes = stage.offline_ndcg(uri, cfg.register.model_name, cfg.evaluate.stage)
-        report = stage.run(cfg.monitor.online, db, out, offline, notes, registry=uri)
+        registry = stage.RegistrySource(uri, cfg.register.model_name, cfg.evaluate.stage)
+        report = stage.run(cfg.monitor.online, db, out, registry)
     except LmrecError as err:
         raise _fail(err) from None
     for arm in report["arms"]:

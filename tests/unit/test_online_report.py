@@ -201,6 +201,7 @@ def test_corrupt_log_is_a_clear_error(cli, tmp_path):
     assert "empty (0 bytes)" in cli("--feedback", str(empty), "--out", str(tmp_path)).output
 
 
+@pytest.mark.slow  # MLflow's store migrations: ~30 s
 def test_cli_puts_the_registry_offline_ndcg_beside_online_ctr(cli, tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     registry = Registry(uri, "lmrec")
@@ -227,3 +228,14 @@ def test_help_says_what_it_does(cli):
     command = typer.main.get_command(app).commands["online-report"]
     assert all(getattr(param, "help", None) for param in command.params)
     assert "request_id" in cli("--help").output
+
+
+def test_no_registry_is_a_note_and_none_is_created(cli, tmp_path, monkeypatch):
+    db = tmp_path / "feedback.db"
+    traffic(db, {("1", "champion"): 0.1}, answers=20)
+    absent = tmp_path / "absent" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{absent}")
+    result = cli("--feedback", str(db), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    assert "no registry at" in result.output and "NDCG@10 ?" in result.output
+    assert not absent.exists()

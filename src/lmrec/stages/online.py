@@ -23,6 +23,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -137,13 +138,20 @@ def draw(report: Mapping[str, Any], path: Path) -> None:
         fig.savefig(tmp, format="png")
 
 
+@dataclass(frozen=True)
+class RegistrySource:
+    """Read the served versions' offline NDCG@10 from this MLflow registry (``offline_ndcg``)."""
+
+    uri: str
+    model_name: str
+    stage: str = "test"
+
+
 def run(
     cfg: OnlineParams,
     feedback_db: Path,
     out_dir: Path,
-    offline: Mapping[str, float] | None = None,
-    notes: list[str] | None = None,
-    registry: str | None = None,
+    offline: Mapping[str, float] | RegistrySource | None = None,
     now: float | None = None,
 ) -> dict[str, Any]:
     """Report the window's online metrics; write ``out_dir/online.json`` and ``online.png``.
@@ -152,19 +160,23 @@ def run(
         cfg: the ``monitor.online`` params.
         feedback_db: the service's log (impressions and feedback events).
         out_dir: where the two files go.
-        offline: model version -> offline NDCG@10 (``offline_ndcg``); none known by default.
-        notes: what the caller could not find (carried into the report).
-        registry: where ``offline`` came from (recorded).
+        offline: model version -> offline NDCG@10, or the registry to read it from (after
+            the logs, so a bad log fails before MLflow is loaded); none known by default.
         now: the window's end (default: now).
 
     Raises:
         DataError: the log is missing or unreadable.
+        LmrecError: the registry cannot be read.
     """
     impressions, events = read_logs(feedback_db)
     now = time.time() if now is None else now
+    notes, registry = [], None
+    if isinstance(offline, RegistrySource):
+        registry = offline.uri
+        offline, notes = offline_ndcg(offline.uri, offline.model_name, offline.stage)
     report = online_report(impressions, events, cfg, offline or {}, now)
     p_value = report["test"].get("p_value")  # json_safe's rounding would turn 1e-9 into 0
-    where = {"notes": list(notes or []), "feedback_db": str(feedback_db), "registry": registry}
+    where = {"notes": notes, "feedback_db": str(feedback_db), "registry": registry}
     report = json_safe({**report, **where})
     if p_value is not None:
         report["test"]["p_value"] = p_value
