@@ -111,7 +111,9 @@ def draw(report: Mapping[str, Any], path: Path) -> None:
     ax_ctr.set_xticks(range(len(arms)), labels)
     pct = round(100 * report["confidence"])
     ax_ctr.set(ylabel="CTR (clicked impressions)", title=f"online CTR, {pct}% Wilson interval")
-    if not arms:
+    if arms:  # headroom for the test's line above the highest interval
+        ax_ctr.set_ylim(0, 1.2 * max(a["ci_high"] for a in arms) or 1.0)
+    else:
         ax_ctr.text(
             0.5, 0.5, "no impressions in the window", ha="center", transform=ax_ctr.transAxes
         )
