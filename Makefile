@@ -7,7 +7,7 @@ AIRFLOW_VENV := .venv-airflow
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo serve stop test test-fast mlflow-ui airflow cluster-up cluster-down bench-setup bench lint format lock clean
+.PHONY: help setup demo serve stop test test-fast mlflow-ui airflow cluster-up cluster-serve cluster-down bench-setup bench lint format lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -100,6 +100,9 @@ format:  ## apply ruff fixes and formatting
 
 cluster-up: setup  ## the production topology as processes (Postgres, Redis, S3 remote, MLflow server, Airflow Celery): cluster/cluster.py
 	$(VENV)/bin/python cluster/cluster.py up
+
+cluster-serve:  ## serve the newest champion Bento on the cluster, from a virtualenv of its own requirements
+	$(VENV)/bin/python cluster/cluster.py serve
 
 cluster-down:  ## stop what cluster-up started
 	$(VENV)/bin/python cluster/cluster.py down

@@ -12,14 +12,27 @@ What runs (every process in its own session, its log in ``<home>/logs/``):
   workers, one on the ``default`` queue and one on the ``gpu`` queue (``train`` and
   ``refit`` are routed there, dags/lmrec_retrain.py).
 
-The DAG tasks get the tracking server, the S3 endpoint and the salt through the workers'
-environment (``cluster.json``'s ``task_env``). ``up`` installs the two Debian packages when
-they are missing (root, ``apt-get``), waits until every service answers, and writes
-``<home>/cluster.json`` (ports, pids, URLs, the Airflow admin password); ``down`` stops
-everything it started; ``env`` prints the variables a shell needs to talk to the cluster.
+Once a run has packaged a champion, ``serve`` (``make cluster-serve``) starts the lmrec
+service from the built Bento in the Bento's own environment: a virtualenv made from the
+Bento's ``env/python/requirements.txt`` alone (cluster/venvs.py, cached), running
+``bentoml serve lmrec:<version>`` on the port ``up`` reserved for it, with no
+``PYTHONPATH`` and no ``params.yaml`` (the Bento carries its serve params). The model store
+is the cluster's ``BENTOML_HOME``, where the package task imports each new champion: the
+deploy task of later runs swaps it in through ``POST /admin/reload`` at
+``$LMREC_SERVE_URL`` (dags/deploy.sh); a new Bento (code, requirements) is a new
+``serve``, as a new image is a rolling update.
+
+The DAG tasks get the tracking server, the S3 endpoint, the service URL and the caller's
+``LMREC_*`` settings (the salt, ...) through the workers' environment (``cluster.json``'s
+``task_env``, also the service's and a restarted worker's). ``up`` installs the two Debian
+packages when they are missing (root, ``apt-get``), waits until every service answers, and
+writes ``<home>/cluster.json`` (ports, pids, URLs, the Airflow admin password); ``down``
+stops everything it started; ``env`` prints the variables a shell needs to talk to the
+cluster.
 
     python cluster/cluster.py up [--home .cluster]      # the Makefile's cluster-up
     python cluster/cluster.py env                        # eval "$(python cluster/cluster.py env)"
+    python cluster/cluster.py serve [--bento lmrec:<v>]  # the Makefile's cluster-serve
     python cluster/cluster.py down
 """
 
@@ -40,13 +53,20 @@ import time
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # venvs.py beside this file, also when a test loads it by path
+    sys.path.insert(0, str(HERE))
+import venvs  # noqa: E402
+
+REPO = HERE.parent
 VENV = Path(os.environ.get("LMREC_VENV") or REPO / ".venv")
 AIRFLOW_VENV = Path(os.environ.get("LMREC_AIRFLOW_VENV") or REPO / ".venv-airflow")
 DEBIAN_PACKAGES = {"postgres": "postgresql", "redis-server": "redis-server"}
 BUCKET = "lmrec"
 #: Seconds each service gets to answer after it starts.
 START_TIMEOUT_S = 180
+#: The lmrec service's first start in a fresh virtualenv compiles every .pyc: longer.
+SERVE_TIMEOUT_S = 300
 
 
 class ClusterError(RuntimeError):
@@ -61,14 +81,19 @@ def _free_port() -> int:
 
 
 def _start(
-    home: Path, name: str, cmd: list[str], env: dict | None = None, user: str | None = None
+    home: Path,
+    name: str,
+    cmd: list[str],
+    env: dict | None = None,
+    user: str | None = None,
+    cwd: Path | None = None,
 ) -> int:
     """Start ``cmd`` in its own session, output to ``<home>/logs/<name>.log``; its pid."""
     log = (home / "logs" / f"{name}.log").open("ab")
     if user is not None:
         cmd = ["runuser", "-u", user, "--", *cmd]
     proc = subprocess.Popen(
-        cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=home
+        cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=cwd or home
     )
     return proc.pid
 
@@ -83,26 +108,64 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _stop_group(pid: int, grace_s: float = 15.0) -> None:
-    """SIGTERM the session ``pid`` leads, SIGKILL what is left after ``grace_s``."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+def _stat(pid: int) -> tuple[int, str] | None:
+    """(parent pid, start time) of ``pid`` from /proc, None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[1]), fields[19]
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """Every process below ``pid``, also in sessions of their own: pid -> its start time
+    (a pid that is reused later is not the same process)."""
+    children: dict[int, list[tuple[int, str]]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        if (stat := _stat(int(entry.name))) is not None:
+            children.setdefault(stat[0], []).append((int(entry.name), stat[1]))
+    found, todo = {}, [pid]
+    while todo:
+        for child, started in children.get(todo.pop(), []):
+            found[child] = started
+            todo.append(child)
+    return found
+
+
+def _signal_group(pid: int, sig: int, grace_s: float) -> bool:
+    """Send ``sig`` to the session ``pid`` leads; whether it is gone within ``grace_s``."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        return True
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):  # our child (a fixture's): reap it
+            os.waitpid(pid, os.WNOHANG)
         try:
-            os.killpg(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):  # our child (a fixture's): reap it
-                os.waitpid(pid, os.WNOHANG)
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.2)
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
 
 
-def _wait(name: str, check, home: Path, pid: int | None = None) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
+def _stop_group(pid: int, grace_s: float = 15.0) -> None:
+    """SIGTERM the session ``pid`` leads, SIGKILL what is left after ``grace_s``; then
+    SIGKILL its descendants that left the session and outlived it (bentoml's workers)."""
+    below = _descendants(pid)
+    if not _signal_group(pid, signal.SIGTERM, grace_s):
+        _signal_group(pid, signal.SIGKILL, grace_s)
+    for child, started in below.items():
+        if (stat := _stat(child)) is not None and stat[1] == started:  # still that process
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(child, signal.SIGKILL)
+
+
+def _wait(
+    name: str, check, home: Path, pid: int | None = None, timeout_s: float = START_TIMEOUT_S
+) -> None:
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if pid is not None and not _alive(pid):
             break
@@ -113,13 +176,21 @@ def _wait(name: str, check, home: Path, pid: int | None = None) -> None:
             pass
         time.sleep(0.5)
     tail = (home / "logs" / f"{name}.log").read_text(errors="replace")[-2000:]
-    raise ClusterError(f"{name} did not start within {START_TIMEOUT_S} s; its log ends:\n{tail}")
+    raise ClusterError(f"{name} did not start within {timeout_s} s; its log ends:\n{tail}")
 
 
 def _port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _http_200(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return answer.status == 200
+    except (urllib.error.URLError, TimeoutError, ConnectionError):
+        return False
 
 
 def _http_ok(url: str) -> bool:
@@ -390,6 +461,81 @@ def restart_worker(home: Path, queue: str) -> int:
     return pid
 
 
+# ----------------------------------------------------------------- the service
+def latest_bento(bentoml_home: Path, name: str = "lmrec") -> str:
+    """The tag of the newest ``name`` Bento in the store (``bentos/<name>/latest``)."""
+    latest = bentoml_home / "bentos" / name / "latest"
+    if not latest.is_file():
+        raise ClusterError(
+            f"no {name} Bento in {bentoml_home}: a lmrec_retrain run packages one first"
+        )
+    return f"{name}:{latest.read_text().strip()}"
+
+
+def service_env(home: Path, state: dict, venv: Path) -> dict[str, str]:
+    """The service's environment: nothing of the caller's virtualenv, the cluster's model
+    store and ``LMREC_*`` settings (the salt ingest used), its feedback log in ``home``."""
+    own = ("LMREC_PARAMS", "LMREC_BUNDLE", "LMREC_CHALLENGER_BUNDLE")
+    env = {k: v for k, v in venvs.clean_env().items() if k not in own}
+    env.update(
+        {k: v for k, v in state["task_env"].items() if k.startswith("LMREC_") and k not in own}
+    )
+    env.update(
+        PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+        BENTOML_HOME=state["task_env"]["BENTOML_HOME"],
+        BENTOML_DO_NOT_TRACK="true",
+        LMREC_FEEDBACK_DB=str(home / "service" / "feedback.db"),
+        OMP_NUM_THREADS="1",
+    )
+    return env
+
+
+def serve(home: Path, bento: str | None = None) -> dict:
+    """Serve ``bento`` (default: the newest lmrec Bento) from a virtualenv of its own
+    requirements on the port ``up`` reserved; a service already running is replaced.
+    Returns what ``cluster.json`` records of it (tag, URL, the served version, seconds)."""
+    home = home.resolve()
+    state = read_state(home)
+    bentoml_home = Path(state["task_env"]["BENTOML_HOME"])
+    tag = bento or latest_bento(bentoml_home)
+    name, version = tag.split(":")
+    requirements = bentoml_home / "bentos" / name / version / "env" / "python" / "requirements.txt"
+    if not requirements.is_file():
+        raise ClusterError(f"{requirements} not found: is {tag} a Bento of this cluster?")
+    started = time.monotonic()
+    try:
+        venv = venvs.fresh_venv(requirements)
+    except venvs.VenvError as err:
+        raise ClusterError(f"the Bento's environment: {err}") from err
+    venv_s = time.monotonic() - started
+    running = state["pids"].get("service")
+    if running and _alive(running):  # a new Bento replaces the one served
+        _stop_group(running)
+    (home / "service").mkdir(exist_ok=True)  # its cwd: no params.yaml, no lmrec checkout
+    port, url = state["ports"]["service"], state["task_env"]["LMREC_SERVE_URL"]
+    cmd = [str(venv / "bin" / "bentoml"), "serve", tag, "--host", "127.0.0.1", "--port", str(port)]
+    started = time.monotonic()
+    pid = _start(home, "service", cmd, service_env(home, state, venv), cwd=home / "service")
+    state["pids"]["service"] = pid
+    _write_state(home, state)  # `down` stops it even if it never gets ready
+    _wait("service", lambda: _http_200(f"{url}/readyz"), home, pid, SERVE_TIMEOUT_S)
+    request = urllib.request.Request(
+        f"{url}/recommend", json.dumps({"k": 1}).encode(), {"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        served = json.load(answer)["model_version"]
+    state["urls"]["service"] = url
+    state["service"] = {
+        "bento": tag,
+        "venv": str(venv),
+        "model_version": served,
+        "venv_seconds": round(venv_s, 1),
+        "ready_seconds": round(time.monotonic() - started, 1),
+    }
+    _write_state(home, state)
+    return state["service"]
+
+
 # ----------------------------------------------------------------- commands
 def read_state(home: Path) -> dict:
     path = home / "cluster.json"
@@ -412,7 +558,7 @@ def up(home: Path, dags: Path = REPO / "dags", task_env: dict[str, str] | None =
     ):
         raise ClusterError(f"{home}: a cluster runs here already (`make cluster-down` first)")
     (home / "logs").mkdir(parents=True, exist_ok=True)
-    names = ("postgres", "redis", "s3", "mlflow", "airflow")
+    names = ("postgres", "redis", "s3", "mlflow", "airflow", "service")
     state: dict = {
         "home": str(home),
         "dags": str(dags),
@@ -432,6 +578,9 @@ def up(home: Path, dags: Path = REPO / "dags", task_env: dict[str, str] | None =
         _s3(home, state)
         _mlflow(home, state)
         state["task_env"] = {
+            # the caller's settings (the salt, retries, ...): a restarted worker and the
+            # service get them too, whichever shell starts them
+            **{k: v for k, v in os.environ.items() if k.startswith("LMREC_")},
             "MLFLOW_TRACKING_URI": state["urls"]["mlflow"],
             "AWS_ACCESS_KEY_ID": "lmrec",
             "AWS_SECRET_ACCESS_KEY": "lmrec",
@@ -441,6 +590,8 @@ def up(home: Path, dags: Path = REPO / "dags", task_env: dict[str, str] | None =
             "LMREC_VENV": str(VENV),
             "LMREC_TRAIN_QUEUE": "gpu",
             "BENTOML_HOME": str(home / "bentoml"),
+            # the lmrec service (`serve`), which the deploy task reloads (dags/deploy.sh)
+            "LMREC_SERVE_URL": f"http://127.0.0.1:{state['ports']['service']}",
             **(task_env or {}),
         }
         _airflow(home, state)
@@ -474,6 +625,7 @@ def shell_env(home: Path) -> str:
         "MLFLOW_TRACKING_URI": state["urls"]["mlflow"],
         "LMREC_AIRFLOW_URL": state["urls"]["airflow"],
         "LMREC_AIRFLOW_PASSWORD": state["password"],
+        "LMREC_SERVE_URL": state["task_env"]["LMREC_SERVE_URL"],
         "LMREC_DVC_REMOTE": state["dvc_remote"],
         "LMREC_DVC_ENDPOINT": state["urls"]["s3"],
         "AWS_ACCESS_KEY_ID": "lmrec",
@@ -484,13 +636,14 @@ def shell_env(home: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("up", "down", "env", "status"))
+    parser.add_argument("command", choices=("up", "serve", "down", "env", "status"))
     parser.add_argument(
         "--home",
         type=Path,
         default=REPO / ".cluster",
         help="state, data and logs (default .cluster/)",
     )
+    parser.add_argument("--bento", help="serve: the Bento tag (default: the newest lmrec)")
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
@@ -500,6 +653,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {name:8s} {url}")
             print(f"  Airflow login: admin / {state['password']}")
             print(f"  logs: {args.home}/logs/   stop: make cluster-down")
+        elif args.command == "serve":
+            served = serve(args.home, args.bento)
+            print(
+                f"{served['bento']} serves champion v{served['model_version']} on "
+                f"{read_state(args.home)['urls']['service']} (environment {served['venv']}, "
+                f"{served['venv_seconds']} s; ready in {served['ready_seconds']} s)"
+            )
+            print(f"  log: {args.home}/logs/service.log   stop: make cluster-down")
         elif args.command == "down":
             print("stopped: " + (", ".join(down(args.home)) or "nothing was running"))
         elif args.command == "env":

@@ -6,24 +6,35 @@
 # Succeeds once the service answers with the packaged champion version; fails, with the
 # old model still served, when the service refuses the package (409) or never switches.
 # Run from the workspace with PORT set (the lmrec_retrain DAG's deploy task); the last
-# line printed is the Bento tag (the task's XCom).
+# line printed is the Bento tag (the task's XCom). With LMREC_SERVE_URL set (the workers of
+# cluster/cluster.py) that service is the one reloaded: no pid file, the task may run on
+# any machine.
 set -euo pipefail
 pidfile=artifacts/serve.pid
 read -r version bento < <(python -c 'import json
 p = json.load(open("artifacts/package/package.json"))
 print(p["models"]["champion"]["version"], p.get("bento", "-"))')
 [ -n "${version:-}" ] || { echo "artifacts/package/package.json names no champion" >&2; exit 1; }
-if ! { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }; then
+if [ -n "${LMREC_SERVE_URL:-}" ]; then
+  url=$LMREC_SERVE_URL
+  if ! curl -sf -o /dev/null "$url/livez"; then
+    echo "no service answers at $url: start champion v$version with make cluster-serve"
+    echo "$bento"
+    exit 0
+  fi
+elif ! { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }; then
   echo "no local service running ($pidfile): start champion v$version with make serve"
   echo "$bento"
   exit 0
+else
+  url="localhost:$PORT"
 fi
 auth=()
 if [ -n "${LMREC_API_TOKEN:-}" ]; then auth=(-H "Authorization: Bearer $LMREC_API_TOKEN"); fi
 served=""
 for _ in $(seq 1 "${DEPLOY_TIMEOUT_S:-120}"); do
   answer=$(curl -s -X POST "${auth[@]}" -H 'content-type: application/json' -d '{}' \
-    -w '\n%{http_code}' "localhost:$PORT/admin/reload" || true)
+    -w '\n%{http_code}' "$url/admin/reload" || true)
   code=${answer##*$'\n'}
   body=${answer%$'\n'*}
   served=$(printf '%s' "$body" | python -c 'import json, sys
@@ -36,11 +47,11 @@ except Exception:
     exit 1
   fi
   if [ "$code" = 200 ] && [ "$served" = "$version" ]; then
-    echo "service on :$PORT serves champion v$version, swapped in without a restart"
+    echo "service on $url serves champion v$version, swapped in without a restart"
     echo "$bento"
     exit 0
   fi
   sleep 1
 done
-echo "the service on :$PORT did not switch to champion v$version (it serves '${served}')" >&2
+echo "the service on $url did not switch to champion v$version (it serves '${served}')" >&2
 exit 1

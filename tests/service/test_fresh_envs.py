@@ -12,23 +12,18 @@ registered, promoted and packaged by ``lmrec package`` with ``serve.max_k`` 7. T
   editable install) loads it with ``mlflow.pyfunc.load_model`` and predicts what the
   training environment predicts, with the lmrec code the model ships.
 
-Virtualenvs are cached under ``$LMREC_TEST_VENVS`` (default
-``~/.cache/lmrec-test-venvs``) by a hash of the requirements and the Python version: the
-first run installs them (minutes), later runs reuse them. Every requirement must be
-pinned and torch must be 2.13.0 (the CPU wheel this machine has) before pip runs.
+The virtualenvs come from cluster/venvs.py (``fresh_venv``), cached by a hash of the
+requirements: the cluster's service (tests/cluster) uses the same Bento environment, so a
+CI run builds it once.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
+import importlib.util
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,66 +42,21 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 LMREC = str(Path(sys.executable).parent / "lmrec")
-VENV_CACHE = Path(os.environ.get("LMREC_TEST_VENVS", Path.home() / ".cache/lmrec-test-venvs"))
-#: the interpreter .venv was made from (python3.11), for the fresh virtualenvs
-BASE_PYTHON = (
-    Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
-)
-PIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[^\]]*\])?==[^\s;]+$")
 MAX_K = 7
-PIP_TIMEOUT_S = 1800
 READY_TIMEOUT_S = 300.0  # the first start in a fresh virtualenv compiles every .pyc
 
 
-def _requirement_lines(path: Path) -> list[str]:
-    lines = [ln.split("#")[0].strip() for ln in path.read_text().splitlines()]
-    return [ln for ln in lines if ln]
+def _load_venvs():
+    """cluster/venvs.py, once per process (cluster/cluster.py imports it as ``venvs``)."""
+    if "venvs" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("venvs", REPO / "cluster" / "venvs.py")
+        sys.modules["venvs"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules["venvs"])
+    return sys.modules["venvs"]
 
 
-def _check_pinned(path: Path) -> list[str]:
-    """Every requirement of ``path`` is ``name==version`` and torch is 2.13.0: pip must
-    never resolve an unpinned (CUDA, GBs) torch."""
-    lines = _requirement_lines(path)
-    loose = [ln for ln in lines if not PIN.match(ln)]
-    assert not loose, f"{path}: not pinned: {loose}"
-    torch = [ln for ln in lines if ln.split("==")[0].lower() == "torch"]
-    assert torch == ["torch==2.13.0"], f"{path}: torch must be pinned to 2.13.0, got {torch}"
-    return lines
-
-
-def _clean_env() -> dict[str, str]:
-    drop = {"PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME"}
-    return {k: v for k, v in os.environ.items() if k not in drop}
-
-
-def fresh_venv(requirements: Path) -> Path:
-    """A virtualenv with exactly ``requirements`` installed, cached by their hash."""
-    lines = _check_pinned(requirements)
-    key = hashlib.sha256("\n".join([sys.version, *lines]).encode()).hexdigest()[:16]
-    venv = VENV_CACHE / key
-    VENV_CACHE.mkdir(parents=True, exist_ok=True)
-    with (VENV_CACHE / f"{key}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another test session may be building it
-        if (venv / ".complete").is_file():
-            return venv
-        shutil.rmtree(venv, ignore_errors=True)
-        started = time.monotonic()
-        subprocess.run([str(BASE_PYTHON), "-m", "venv", str(venv)], check=True, env=_clean_env())
-        pip = [str(venv / "bin/python"), "-m", "pip", "install", "--no-input", "-r"]
-        done = subprocess.run(
-            [*pip, str(requirements)],
-            capture_output=True,
-            text=True,
-            timeout=PIP_TIMEOUT_S,
-            env=_clean_env(),
-        )
-        assert done.returncode == 0, (
-            f"pip install failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
-        )
-        (venv / "requirements.txt").write_text("\n".join(lines) + "\n")
-        (venv / ".complete").write_text(f"{time.monotonic() - started:.0f} s\n")
-        print(f"[fresh-env] built {venv} in {time.monotonic() - started:.0f} s", file=sys.stderr)
-    return venv
+venvs = _load_venvs()
+fresh_venv, _check_pinned, _clean_env = venvs.fresh_venv, venvs.check_pinned, venvs.clean_env
 
 
 def _python(venv: Path, code: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:
