@@ -1,6 +1,8 @@
-"""lmrec_monitor: a daily drift check that triggers lmrec_retrain when the data moved.
+"""lmrec_monitor: a daily drift check that triggers lmrec_retrain when the data moved, and
+the daily online report.
 
 drift -> drifted (short-circuit) -> trigger_retrain
+online_report
 
 ``drift`` runs ``lmrec drift`` (the package CLI in the ``.venv``) in the workspace: recent
 feedback events against the training split, thresholds from params ``monitor``; it writes
@@ -8,6 +10,11 @@ feedback events against the training split, thresholds from params ``monitor``; 
 verdict ``drifted`` (0 gives ``ok``; any other code fails the task). ``drifted`` skips the
 trigger unless the verdict is ``drifted``; ``trigger_retrain`` starts an ``lmrec_retrain``
 run on the same workspace without waiting for it.
+
+``online_report`` runs ``lmrec online-report`` on the same feedback log: CTR per model
+version and variant with intervals, the challenger-vs-champion test and each version's
+offline NDCG@10, in ``artifacts/monitor/online.json`` and ``online.png``. It neither waits
+for the drift check nor gates it; a missing or unreadable log fails it.
 """
 
 from __future__ import annotations
@@ -29,6 +36,10 @@ case "$rc" in
 esac
 """
 
+ONLINE_SH = """if [ -n "$FEEDBACK" ]; then feedback=(--feedback "$FEEDBACK"); else feedback=(); fi
+lmrec online-report --params params.yaml "${feedback[@]}" --out artifacts/monitor
+"""
+
 
 @dag(
     dag_id="lmrec_monitor",
@@ -46,7 +57,8 @@ esac
     },
 )
 def lmrec_monitor():
-    """Check recent feedback for drift daily; trigger lmrec_retrain when drifted."""
+    """Check recent feedback for drift daily; trigger lmrec_retrain when drifted. Report
+    online CTR per model version and variant beside it."""
 
     @task.bash(
         env=task_env(FEEDBACK="{{ params.feedback }}"),
@@ -56,6 +68,15 @@ def lmrec_monitor():
     def drift() -> str:
         """`lmrec drift`: print `drifted` or `ok` last."""
         return PROLOGUE + DRIFT_SH
+
+    @task.bash(
+        env=task_env(FEEDBACK="{{ params.feedback }}"),
+        append_env=True,
+        cwd="{{ params.workspace }}",
+    )
+    def online_report() -> str:
+        """`lmrec online-report`: artifacts/monitor/online.json and online.png."""
+        return PROLOGUE + ONLINE_SH
 
     @task.short_circuit
     def drifted(verdict: str) -> bool:
@@ -70,6 +91,7 @@ def lmrec_monitor():
     )
     verdict = drift()
     chain(verdict, drifted(verdict), trigger)
+    online_report()
 
 
 lmrec_monitor()

@@ -61,10 +61,12 @@ def test_retrain_structure(dagbag):
 
 def test_monitor_structure(dagbag):
     tasks = dagbag["dags"]["lmrec_monitor"]["tasks"]
-    assert dagbag["dags"]["lmrec_monitor"]["order"] == ["drift", "drifted", "trigger_retrain"]
+    order = dagbag["dags"]["lmrec_monitor"]["order"]
+    assert [t for t in order if t != "online_report"] == ["drift", "drifted", "trigger_retrain"]
     assert tasks["drift"]["downstream"] == ["drifted"]
     assert tasks["drifted"]["downstream"] == ["trigger_retrain"]
     assert tasks["trigger_retrain"]["operator"] == "TriggerDagRunOperator"
+    assert tasks["online_report"]["downstream"] == []  # beside the drift check, not after it
 
 
 def test_every_task_retries_times_out_and_records_failures(dagbag):
@@ -235,7 +237,12 @@ def test_monitor_triggers_retrain_only_on_drift(first_run, env, workspace, tmp_p
     before = _retrain_runs(env)
     run = _dags_test(env, "lmrec_monitor", {"workspace": str(workspace), "feedback": str(calm)})
     assert run["state"] == "success", run["output"]
-    assert run["tasks"] == {"drift": "success", "drifted": "success", "trigger_retrain": "skipped"}
+    assert run["tasks"] == {
+        "drift": "success",
+        "drifted": "success",
+        "trigger_retrain": "skipped",
+        "online_report": "success",  # no answer served yet: an empty report
+    }
     assert _retrain_runs(env) == before
     # Drifted: unknown users on items the model never trained on.
     cold = split.items.loc[split.items["n_train"] == 0, "item_id"].tolist()
