@@ -1,10 +1,11 @@
 """New items in front of users: the model's cold-start mechanism and the exposure trade-off.
 
 On a split whose cold holdout plays the part of new arrivals (``preprocess.cold_item_share``
-≥ 0.1: catalog rows with no training interactions), for each training recipe (ID-dropout
-rate × ``text_loss_weight`` × ``cold_head``) and seed the LM-powered model is trained exactly as
-``lmrec train`` trains it (early stopping on validation), then judged the way users meet
-it, through the serving exposure policy (``lmrec.serving.exposure``) at several settings:
+≥ 0.1: catalog rows with no training interactions), for each ID-dropout rate and seed the
+LM-powered model is trained exactly as ``lmrec train`` trains it (early stopping on
+validation), then judged the way users meet it, through the serving exposure policy
+(``lmrec.serving.exposure``) at several settings, on the validation and/or test rows of
+the same fit:
 
 * warm NDCG@10: the protocol's test (or validation) rows, every list after the policy;
 * new-item HR@10 / NDCG@10: the protocol's ``new_items`` rows (each user's cold interaction,
@@ -16,13 +17,12 @@ validation stage: the most new-item hits whose warm NDCG@10 stays ≥ 0.98× the
 today's default (``--reference-dropout``) on the same split.
 
     python benchmarks/new_items.py --workspace /path/with/artifacts --stage val test \\
-        --id-dropout 0 --text-loss 0 0.5 1 --seeds 0 1 2 --save-models /tmp/models
+        --id-dropout 0 0.3 --seeds 0 1 2 --save-models /tmp/models
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 import tempfile
@@ -116,7 +116,7 @@ def tradeoff(
 
 def train_lmrec(split, embeddings, params, seed: int, recipe: dict[str, Any]):
     """lmrec's model trained as the train stage trains it, with this seed and recipe
-    (``train.sequential`` overrides)."""
+    (``train.sequential`` overrides: the ID-dropout rate)."""
     from lmrec.train.trainer import train_sequential
 
     sequential = {**params.train.sequential, **recipe}
@@ -131,8 +131,6 @@ def markdown(rows: list[dict[str, Any]], stage: str, facts: dict[str, Any]) -> s
     for row in rows:
         key = (
             row["id_dropout"],
-            row.get("text_loss_weight", 0.0),
-            bool(row.get("cold_head", False)),
             row["slots"],
             row.get("min_score_quantile", 0.0),
             row.get("text_weight", 0.0),
@@ -146,13 +144,12 @@ def markdown(rows: list[dict[str, Any]], stage: str, facts: dict[str, Any]) -> s
         f"{facts['date']}. Lists of 10 after the serving policy; new items ranked against the "
         "whole catalog.",
         "",
-        "| id_dropout | text loss | cold head | slots | score quantile | text weight | seeds "
+        "| id_dropout | slots | score quantile | text weight | seeds "
         "| warm NDCG@10 | new-item HR@10 | new-item NDCG@10 | fresh/list |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for (dropout, text_loss, head, slots, quantile, weight), group in sorted(groups.items()):
-        cells = [f"{dropout:g}", f"{text_loss:g}", "yes" if head else "no", str(slots)]
-        cells += [f"{quantile:g}", f"{weight:g}", str(len(group))]
+    for (dropout, slots, quantile, weight), group in sorted(groups.items()):
+        cells = [f"{dropout:g}", str(slots), f"{quantile:g}", f"{weight:g}", str(len(group))]
         for key in ("warm_ndcg@10", "new_hr@10", "new_ndcg@10", "fresh_per_list"):
             values = np.array([r[key] for r in group])
             std = values.std(ddof=1) if len(values) > 1 else 0.0
@@ -166,9 +163,8 @@ def markdown(rows: list[dict[str, Any]], stage: str, facts: dict[str, Any]) -> s
 def _models(args, split, embeddings, params):
     """(recipe, seed, model, fit facts) per model judged: trained, or ``--models``.
 
-    A recipe is ``{"id_dropout": ..., "text_loss_weight": ..., "cold_head": ...}``; with
-    ``--save-models`` a trained model is saved under ``<dir>/<recipe>-seed<seed>`` for
-    ``--models`` later.
+    A recipe is ``{"id_dropout": ...}``; with ``--save-models`` a trained model is saved
+    under ``<dir>/drop<rate>-seed<seed>`` for ``--models`` later.
     """
     if args.models:
         from lmrec.models.registry import load_model
@@ -176,22 +172,16 @@ def _models(args, split, embeddings, params):
         for path in args.models:
             model = load_model(path)
             p = model.params
-            recipe = {
-                "id_dropout": p.id_dropout,
-                "text_loss_weight": p.text_loss_weight,
-                "cold_head": p.cold_head,
-            }
+            recipe = {"id_dropout": p.id_dropout}
             yield recipe, p.seed, model, {"model_dir": str(path)}
         return
-    for dropout, text_loss, head in itertools.product(
-        args.id_dropout, args.text_loss, args.cold_head
-    ):
-        recipe = {"id_dropout": dropout, "text_loss_weight": text_loss, "cold_head": bool(head)}
+    for dropout in args.id_dropout:
+        recipe = {"id_dropout": dropout}
         for seed in args.seeds:
             result = train_lmrec(split, embeddings, params, seed, recipe)
             fit = {"fit_seconds": result.seconds, "best_epoch": result.best_epoch + 1}
             if args.save_models:
-                name = f"drop{dropout:g}-text{text_loss:g}-head{int(head)}-seed{seed}"
+                name = f"drop{dropout:g}-seed{seed}"
                 result.model.save(args.save_models / name)
                 fit["model_dir"] = str(args.save_models / name)
             yield recipe, seed, result.model, fit
@@ -210,21 +200,6 @@ def main(argv: list[str] | None = None) -> int:
         help="stages judged (one fit serves both: training only sees the train split)",
     )
     parser.add_argument("--id-dropout", type=float, nargs="+", default=[0.0])
-    parser.add_argument(
-        "--text-loss",
-        type=float,
-        nargs="+",
-        default=[0.0],
-        help="train.sequential.text_loss_weight values to train (with each --id-dropout)",
-    )
-    parser.add_argument(
-        "--cold-head",
-        type=int,
-        choices=(0, 1),
-        nargs="+",
-        default=[0],
-        help="train.sequential.cold_head values to train (1 = a cold head)",
-    )
     parser.add_argument("--save-models", type=Path, help="save every trained model here")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--threads", type=int, default=2)

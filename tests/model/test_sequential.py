@@ -20,9 +20,8 @@ from lmrec.models.sequential import (
     history_tokens,
     training_windows,
 )
-from lmrec.models.sequential_loss import NextItemObjective
 from lmrec.models.sequential_loss import smoothed_cross_entropy as _cross_entropy
-from lmrec.models.sequential_net import BOS, PAD, SequentialNet
+from lmrec.models.sequential_net import BOS, PAD
 
 from .conftest import Planted, hit_rate, make_cold_planted, tiny_sequential
 
@@ -285,74 +284,6 @@ def test_label_smoothing_skips_masked_classes() -> None:
     assert torch.allclose(loss, reference, atol=1e-5)
 
 
-@pytest.mark.parametrize("full_softmax_max_items", [10_000, 4])  # full, then sampled softmax
-def test_text_loss_adds_the_text_only_cross_entropy(full_softmax_max_items: int) -> None:
-    """``text_loss_weight`` w adds w × the same targets' cross-entropy against the items'
-    text-only vectors (every output-side ID embedding dropped; the input side keeps them)."""
-    torch.manual_seed(0)
-    n_items, dim = 7, 8
-    net = SequentialNet(
-        n_items, dim, 2, 1, 0.0, 6, torch.randn(n_items, 5), torch.ones(n_items), True
-    ).eval()
-    with torch.no_grad():
-        net.item_id.weight.normal_()  # IDs large enough that dropping them matters
-    popularity = torch.full((n_items,), 1.0 / n_items)
-    tokens = torch.tensor([[BOS, 3, 4, 5], [BOS, 6, PAD, PAD]])
-    targets = torch.tensor([[1, 2, 3, 0], [4, -1, -1, -1]])
-
-    def loss(weight: float, seed: int = 1) -> torch.Tensor:
-        p = SequentialParams(
-            dim=dim, text_loss_weight=weight, full_softmax_max_items=full_softmax_max_items,
-            n_negatives=5, id_dropout=0.0,
-        )  # fmt: skip
-        torch.manual_seed(seed)  # the same sampled negatives in every call
-        return NextItemObjective(net, None, popularity, p)(tokens, targets, 1.0)[0]
-
-    base = loss(0.0)
-    # The text-only term on its own: the objective at a large weight, minus the base, / w.
-    text_only = (loss(10.0) - base) / 10.0
-    torch.testing.assert_close(loss(0.5), base + 0.5 * text_only)
-    assert text_only > 0 and not torch.allclose(text_only, base)
-    # Its gradient reaches the text projection, and the ID embeddings only through the
-    # history (input side): items 0, 5 and 6 are in no history, so they get none.
-    net.zero_grad()
-    (loss(1.0) - base).backward()
-    assert net.text_proj.weight.grad.abs().sum() > 0
-    id_grad = net.item_id.weight.grad
-    assert id_grad[[1, 2, 3, 4]].abs().sum() > 0
-    torch.testing.assert_close(id_grad[[0, 5, 6]], torch.zeros(3, dim))
-
-
-def test_a_cold_head_scores_cold_items_and_leaves_the_warm_model_alone(
-    cold_planted: Planted, tmp_path
-) -> None:
-    """With ``cold_head`` the warm model trains exactly as without it (same user vectors,
-    same warm item vectors); cold items, and items given by text alone, get the head's
-    vectors, which rank a user's own group's cold items first."""
-    split, cold = cold_planted.split, cold_planted.cold_items
-    plain = tiny_sequential(cold_planted).fit(split)
-    headed = tiny_sequential(cold_planted, cold_head=True).fit(split)
-    histories = [split.history_for(user, "test") for user in range(split.n_users)]
-    np.testing.assert_array_equal(headed.user_vectors(histories), plain.user_vectors(histories))
-    warm = np.setdiff1d(np.arange(split.n_items), cold)
-    np.testing.assert_array_equal(headed.item_matrix()[warm], plain.item_matrix()[warm])
-    assert not np.allclose(headed.item_matrix()[cold], plain.item_matrix()[cold])
-    np.testing.assert_allclose(
-        headed.text_item_vectors(headed.item_embeddings[cold]), headed.item_matrix()[cold],
-        rtol=0, atol=1e-6,
-    )  # fmt: skip
-    scores = headed.score(histories)[:, cold]
-    k = COLD_PER_GROUP
-    top = cold[np.argsort(-scores, axis=1, kind="stable")[:, :k]]
-    own = [set(cold_planted.groups[u % len(cold_planted.groups)][-k:]) for u in range(len(top))]
-    precision = np.mean([len(own[u] & set(top[u])) / k for u in range(len(top))])
-    assert precision >= 5 * k / len(cold), precision
-    # saved and loaded, the head comes back
-    headed.save(tmp_path)
-    restored = SequentialRecommender.load(tmp_path)
-    np.testing.assert_array_equal(restored.item_matrix(), headed.item_matrix())
-
-
 def test_jittered_strided_training_fits_and_reproduces(planted: Planted) -> None:
     extra = {"window_jitter": True, "window_stride": 3, "label_smoothing": 0.1}
     first = tiny_sequential(planted, **extra).fit(planted.split)
@@ -369,14 +300,7 @@ def test_history_tokens_match_the_longest_training_window() -> None:
     np.testing.assert_array_equal(lengths, [3, 1])
 
 
-BAD_PARAMS = [
-    {"heads": 3},
-    {"dropout": 1.0},
-    {"id_dropout": -0.1},
-    {"text_loss_weight": -0.5},
-    {"lr": 0.0},
-    {"device": "tpu"},
-]
+BAD_PARAMS = [{"heads": 3}, {"dropout": 1.0}, {"id_dropout": -0.1}, {"lr": 0.0}, {"device": "tpu"}]
 
 
 @pytest.mark.parametrize("changes", BAD_PARAMS)

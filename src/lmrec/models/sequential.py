@@ -191,7 +191,6 @@ class SequentialRecommender(Recommender):
             item_text=text,
             id_known=id_known,
             id_embeddings=p.id_embeddings,
-            cold_head=p.cold_head and text is not None,
         )
 
     def _sync_loop(self) -> None:
@@ -218,7 +217,7 @@ class SequentialRecommender(Recommender):
         self._require_fitted()
         if self._item_cache is None:
             self.net.eval()
-            self._item_cache = self.net.output_vectors()
+            self._item_cache = self.net.item_vectors()
         return self._item_cache.float().cpu().numpy()
 
     @torch.no_grad()
@@ -226,9 +225,8 @@ class SequentialRecommender(Recommender):
         """Output vectors ``[n, dim]`` of items known by their text embeddings alone.
 
         What the model gives an item with no ID embedding, as it gives its cold items in
-        ``item_matrix``: the learned projection of its text (the cold head's, with one).
-        Items added after training can so be scored against ``user_vectors`` without
-        refitting.
+        ``item_matrix``: the learned projection of its text. Items added after training can
+        so be scored against ``user_vectors`` without refitting.
 
         Args:
             embeddings: [n, d_text] text embeddings from the encoder the model was fit with.
@@ -247,8 +245,7 @@ class SequentialRecommender(Recommender):
                 f"sequential: need finite [n, {proj.in_features}] text embeddings, "
                 f"got shape {emb.shape}"
             )
-        vectors = self.net.text_vectors(torch.from_numpy(emb).to(proj.weight.device))
-        return vectors.float().cpu().numpy()
+        return proj(torch.from_numpy(emb).to(proj.weight.device)).float().cpu().numpy()
 
     @torch.no_grad()
     def user_vectors(self, histories: Sequence[np.ndarray]) -> np.ndarray:
@@ -276,7 +273,7 @@ class SequentialRecommender(Recommender):
     def _score(self, histories: list[np.ndarray]) -> np.ndarray:
         if self._item_cache is None:
             self.net.eval()
-            self._item_cache = self.net.output_vectors()
+            self._item_cache = self.net.item_vectors()
         out = np.empty((len(histories), self.n_items), dtype=np.float32)
         for start in range(0, len(histories), _SCORE_CHUNK):
             chunk = histories[start : start + _SCORE_CHUNK]

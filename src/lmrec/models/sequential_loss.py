@@ -10,7 +10,6 @@ wrap it. The loop that minimises it is in ``sequential_fit``; the layout of the
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -19,9 +18,6 @@ from torch import nn
 
 from lmrec.models.sequential_net import BOS, N_SPECIAL, PAD, SequentialNet
 from lmrec.models.sequential_params import SequentialParams
-
-#: Output vectors [..., dim] of the items at an index tensor (one loss term's item table).
-VectorsOf = Callable[[torch.Tensor], torch.Tensor]
 
 
 def history_tokens(histories: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -83,13 +79,7 @@ class NextItemObjective(nn.Module):
 
     A full softmax over the items with training interactions while the catalog has at most
     ``full_softmax_max_items`` items, beyond that a sampled softmax with popularity-drawn,
-    logQ-corrected negatives (Yi et al., 2019). With ``text_loss_weight`` > 0 the loss adds
-    that weight times the same cross-entropy against text-only item vectors (the output
-    side's ID embeddings dropped), so that the text projection alone ranks items the way
-    an item without interactions is ranked (DropoutNet's idea, on the output side only).
-    With a cold head (``net.cold_proj``) the loss adds ``_cold_head_loss``: each target
-    scored from its text by the head against the other items' (fixed) warm vectors; only
-    the head learns from it.
+    logQ-corrected negatives (Yi et al., 2019).
 
     Args:
         net: the network being trained.
@@ -135,80 +125,20 @@ class NextItemObjective(nn.Module):
             id_keep = (torch.rand(net.n_items, device=tokens.device) >= p.id_dropout).float()
         valid = targets >= 0
         hidden, target = net.encode(tokens, id_keep, text)[valid], targets[valid]
-        # The items every loss term scores the targets against: every trainable item (full
-        # softmax), or negatives drawn once per step (sampled softmax).
-        negatives = None
-        if net.n_items > p.full_softmax_max_items:
-            negatives = torch.multinomial(self.popularity, p.n_negatives, replacement=True)
-
-        def softmax(vectors: VectorsOf) -> torch.Tensor:
-            if negatives is None:
-                return self._full_softmax(hidden, target, vectors)
-            return self._sampled_softmax(hidden, target, vectors, negatives)
-
-        total = softmax(lambda index: net.item_vectors(index, id_keep, text))
-        if p.text_loss_weight > 0 and net.item_id is not None and net.text_proj is not None:
-            # The same targets scored against text-only item vectors (every ID embedding
-            # dropped on the output side): trains the text projection to rank items by
-            # itself, which is how an item without interactions is scored.
-            no_ids = torch.zeros(net.n_items, device=tokens.device)
-            total = total + p.text_loss_weight * softmax(
-                lambda index: net.item_vectors(index, no_ids, text)
-            )
-        if net.cold_proj is not None:
-            total = total + self._cold_head_loss(hidden.detach(), target, text, negatives)
+        full = net.n_items <= p.full_softmax_max_items
+        softmax = self._full_softmax if full else self._sampled_softmax
+        total = softmax(hidden, target, id_keep, text)
         return total * scale, total.detach() / max(len(target), 1)
 
-    def _cold_head_loss(
+    def _full_softmax(
         self,
         hidden: torch.Tensor,
         target: torch.Tensor,
+        id_keep: torch.Tensor | None,
         text: torch.Tensor | None,
-        negatives: torch.Tensor | None,
     ) -> torch.Tensor:
-        """The cold head's loss: one softmax over every other item twice, by its warm vector
-        and by the head's vector of its text, in which the target is scored once from its
-        text alone (through ``cold_proj``, as if it had just arrived) and once by its warm
-        vector (as the served model scores it).
-
-        The head is trained to rank a text-scored target first among both, and to keep its
-        vectors below a warm target; the two together put an item without interactions on
-        the warm items' scale, where a strong new item can outrank a weak old one but the
-        head cannot lift every text above the warm items (the first alone would). The user
-        vectors (``hidden``, detached), the warm vectors and the text are fixed for it, so
-        it trains the head only and leaves the warm model as it is.
-        """
-        net = self.net
-        table = (net.item_text if text is None else text).detach()
-        index = self.trainable if negatives is None else negatives
-        cold_target = (hidden * net.cold_proj(table[target])).sum(-1).float()
-        cold = (hidden @ net.cold_proj(table[index]).T).float()
-        with torch.no_grad():
-            warm_target = (hidden * net.item_vectors(target, None, text)).sum(-1).float()
-            warm = (hidden @ net.item_vectors(index, None, text).T).float()
-        if negatives is not None:  # logQ correction of the sampled negatives
-            log_q = self.popularity.log()
-            cold_target, warm_target = cold_target - log_q[target], warm_target - log_q[target]
-            warm, cold = warm - log_q[index], cold - log_q[index]
-        # the target's own columns (its warm vector, its cold one) leave the others
-        own = index.unsqueeze(0) == target.unsqueeze(1)
-        others = torch.cat([warm.masked_fill(own, -math.inf), cold.masked_fill(own, -math.inf)], 1)
-        first = torch.zeros_like(target)
-        smoothing = self.p.label_smoothing
-        as_new = smoothed_cross_entropy(
-            torch.cat([cold_target[:, None], others], 1), first, smoothing
-        )
-        as_warm = smoothed_cross_entropy(
-            torch.cat([warm_target[:, None], others], 1), first, smoothing
-        )
-        return as_new + as_warm
-
-    def _full_softmax(
-        self, hidden: torch.Tensor, target: torch.Tensor, vectors: VectorsOf
-    ) -> torch.Tensor:
-        """Summed cross-entropy of ``hidden`` [n, dim] against every trainable item, whose
-        output vectors are ``vectors(index)``."""
-        logits = (hidden @ vectors(self.trainable).T).float()
+        """Summed cross-entropy of ``hidden`` [n, dim] against every trainable item."""
+        logits = (hidden @ self.net.item_vectors(self.trainable, id_keep, text).T).float()
         return F.cross_entropy(
             logits, self.column[target], reduction="sum", label_smoothing=self.p.label_smoothing
         )
@@ -217,17 +147,19 @@ class NextItemObjective(nn.Module):
         self,
         hidden: torch.Tensor,
         target: torch.Tensor,
-        vectors: VectorsOf,
-        negatives: torch.Tensor,
+        id_keep: torch.Tensor | None,
+        text: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Summed logQ-corrected cross-entropy against the shared ``negatives``."""
-        log_q = self.popularity.log()
-        positive = (hidden * vectors(target)).sum(-1).float()
-        negative = (hidden @ vectors(negatives).T).float()
+        """Summed logQ-corrected cross-entropy against ``n_negatives`` shared negatives."""
+        p, net, popularity = self.p, self.net, self.popularity
+        negatives = torch.multinomial(popularity, p.n_negatives, replacement=True)
+        log_q = popularity.log()
+        positive = (hidden * net.item_vectors(target, id_keep, text)).sum(-1).float()
+        negative = (hidden @ net.item_vectors(negatives, id_keep, text).T).float()
         positive, negative = positive - log_q[target], negative - log_q[negatives]
         same = negatives.unsqueeze(0) == target.unsqueeze(1)
         logits = torch.cat([positive.unsqueeze(1), negative.masked_fill(same, -math.inf)], 1)
-        return smoothed_cross_entropy(logits, torch.zeros_like(target), self.p.label_smoothing)
+        return smoothed_cross_entropy(logits, torch.zeros_like(target), p.label_smoothing)
 
 
 def smoothed_cross_entropy(

@@ -30,9 +30,6 @@ class SequentialNet(nn.Module):
         id_known: [n_items] bool, True for items with training interactions. Only these
             items' ID embeddings are ever used, so a cold item is scored from text alone.
         id_embeddings: whether to learn an ID embedding per item.
-        cold_head: give items without training interactions their output vectors from a
-            projection of their text of their own (``cold_proj``), trained only to score
-            items from text (``NextItemObjective``) instead of the shared ``text_proj``.
     """
 
     def __init__(
@@ -46,7 +43,6 @@ class SequentialNet(nn.Module):
         item_text: torch.Tensor | None,
         id_known: torch.Tensor,
         id_embeddings: bool,
-        cold_head: bool = False,
     ) -> None:
         super().__init__()
         if item_text is None and not id_embeddings:
@@ -79,15 +75,6 @@ class SequentialNet(nn.Module):
         # Pre-LN layers cannot use nested tensors; saying so avoids a warning per model.
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.final_norm = nn.LayerNorm(dim)
-        self.cold_proj: nn.Linear | None = None
-        if cold_head:
-            if item_text is None:
-                raise ValueError("a cold head projects item text: the model has none")
-            # Initialised from its own generator, after everything else: the warm model's
-            # initialisation and random stream are those of a model without the head.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed((torch.initial_seed() + 1) % 2**63)
-                self.cold_proj = nn.Linear(item_text.shape[1], dim)
 
     def item_vectors(
         self,
@@ -115,21 +102,6 @@ class SequentialNet(nn.Module):
             ids = self.item_id.weight if index is None else self.item_id(index)
             vectors = vectors + ids * (keep if index is None else keep[index]).unsqueeze(-1)
         return vectors
-
-    def output_vectors(self) -> torch.Tensor:
-        """Every item's output vector [n_items, dim] (score = user vector · item vector):
-        ``item_vectors``, except that with a cold head an item without training
-        interactions is its ``cold_proj`` text projection."""
-        vectors = self.item_vectors()
-        if self.cold_proj is None:
-            return vectors
-        cold = self.cold_proj(self.item_text)
-        return torch.where(self.id_known.unsqueeze(-1), vectors, cold.to(vectors.dtype))
-
-    def text_vectors(self, text: torch.Tensor) -> torch.Tensor:
-        """Output vectors of items known by their text embeddings [n, d_text] alone."""
-        proj = self.cold_proj if self.cold_proj is not None else self.text_proj
-        return proj(text)
 
     def encode(
         self,

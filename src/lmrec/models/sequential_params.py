@@ -31,12 +31,6 @@ class SequentialParams(Params):
         dropout: dropout on input embeddings and inside the transformer.
         id_embeddings: learn an ID embedding per item on top of the text projection.
         id_dropout: probability that an item's ID embedding is zeroed in a training step.
-        text_loss_weight: weight of a second next-item loss against text-only item vectors
-            (ID embeddings dropped on the output side), which trains the text projection
-            to score items without interactions on its own (0: none).
-        cold_head: score items without training interactions with a text projection of
-            their own, trained only to score items from text against the (fixed) user
-            vectors: the warm model trains exactly as without it.
         epochs: training epochs (a callback may stop earlier).
         batch_size: training sequences per step.
         lr: AdamW learning rate.
@@ -74,8 +68,6 @@ class SequentialParams(Params):
     dropout: float = 0.2
     id_embeddings: bool = True
     id_dropout: float = 0.3
-    text_loss_weight: float = 0.0
-    cold_head: bool = False
     epochs: int = 30
     batch_size: int = 128
     lr: float = 1.0e-3
@@ -105,8 +97,6 @@ class SequentialParams(Params):
             raise ValueError(f"sequential: heads ({self.heads}) must divide dim ({self.dim})")
         if not (0.0 <= self.dropout < 1.0 and 0.0 <= self.id_dropout < 1.0):
             raise ValueError(f"sequential: dropout and id_dropout must be in [0, 1), got {self}")
-        if self.text_loss_weight < 0:
-            raise ValueError(f"sequential: text_loss_weight must be >= 0, got {self}")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError(f"sequential: need lr > 0 and weight_decay >= 0, got {self}")
         if min(self.grad_accum_steps, self.text_max_length, self.lora_r, self.lora_alpha) < 1:
