@@ -709,6 +709,7 @@ def _champion_registered(params: Path) -> tuple[int, float | None] | None:
 
 
 @app.command("online-report")
+@stage_command
 def online_report(
     feedback: Annotated[
         Path | None,
@@ -752,7 +753,8 @@ def online_report(
     for note in report["notes"]:
         typer.echo(f"  {note}")
     test = report["test"]
-    typer.secho(f"{test['verdict'] or 'not judged'}: {test['reason']}", bold=True)
+    verdict = f"{test['verdict']}: {test['reason']}" if test["verdict"] else test["reason"]
+    typer.secho(verdict, bold=True)  # a reason without a verdict says why it is not judged
     typer.echo(f"report: {out / stage.ONLINE_FILE}, {out / stage.ONLINE_PLOT}")
 
 
