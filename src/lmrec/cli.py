@@ -753,8 +753,7 @@ def online_report(
     for note in report["notes"]:
         typer.echo(f"  {note}")
     test = report["test"]
-    verdict = f"{test['verdict']}: {test['reason']}" if test["verdict"] else test["reason"]
-    typer.secho(verdict, bold=True)  # a reason without a verdict says why it is not judged
+    typer.secho(f"{test['verdict'] or 'not judged'}: {test['reason']}", bold=True)
     typer.echo(f"report: {out / stage.ONLINE_FILE}, {out / stage.ONLINE_PLOT}")
 
 
