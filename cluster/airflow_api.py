@@ -85,6 +85,14 @@ class AirflowAPI:
         found = self._call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100")
         return {t["task_id"]: t for t in found["task_instances"]}
 
+    def log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
+        """One try's log, its lines' text joined (Airflow 3 answers structured events)."""
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}"
+        content = self._call("GET", path + "?full_content=true")["content"]
+        if isinstance(content, str):
+            return content
+        return "\n".join(e.get("event", "") if isinstance(e, dict) else str(e) for e in content)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
