@@ -29,8 +29,11 @@ elif ! { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }; then
 else
   url="localhost:$PORT"
 fi
+# /admin/* takes the admin token (production mode requires one); without it, the demo's
+# service accepts the API token there.
 auth=()
-if [ -n "${LMREC_API_TOKEN:-}" ]; then auth=(-H "Authorization: Bearer $LMREC_API_TOKEN"); fi
+admin_token=${LMREC_ADMIN_TOKEN:-${LMREC_API_TOKEN:-}}
+if [ -n "$admin_token" ]; then auth=(-H "Authorization: Bearer $admin_token"); fi
 served=""
 for _ in $(seq 1 "${DEPLOY_TIMEOUT_S:-120}"); do
   answer=$(curl -s -X POST "${auth[@]}" -H 'content-type: application/json' -d '{}' \
