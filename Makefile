@@ -7,7 +7,7 @@ AIRFLOW_VENV := .venv-airflow
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo serve stop test test-fast mlflow-ui airflow cluster-up cluster-serve cluster-down bench-setup bench lint format lock clean
+.PHONY: help setup demo serve stop test test-fast mlflow-ui airflow cluster-up cluster-serve cluster-screenshot cluster-down bench-setup bench lint format lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -103,6 +103,9 @@ cluster-up: setup  ## the production topology as processes (Postgres, Redis, S3 
 
 cluster-serve:  ## serve the newest champion Bento on the cluster, from a virtualenv of its own requirements
 	$(VENV)/bin/python cluster/cluster.py serve
+
+cluster-screenshot:  ## docs/airflow-trigger-form.png: the cluster UI's trigger form (headless Debian chromium)
+	$(VENV)/bin/python cluster/screenshot.py
 
 cluster-down:  ## stop what cluster-up started
 	$(VENV)/bin/python cluster/cluster.py down

@@ -128,9 +128,13 @@ def _merge(base: dict, update: dict) -> dict:
     params={
         "workspace": Param(str(REPO), type="string", description="checkout to run in"),
         "source": Param("", enum=SOURCES, description="ingest source ('': ingest.source)"),
-        "interactions": Param("", type="string", description="csv/parquet: interactions file"),
-        "items": Param("", type="string", description="csv/parquet: items file"),
-        "params_file": Param("", type="string", description="params file for this run"),
+        # optional strings are nullable: the web UI's trigger form holds back a run while a
+        # field of a non-null type is empty (and sends null for a field cleared by hand)
+        "interactions": Param(
+            "", type=["null", "string"], description="csv/parquet: interactions file"
+        ),
+        "items": Param("", type=["null", "string"], description="csv/parquet: items file"),
+        "params_file": Param("", type=["null", "string"], description="params file for this run"),
         "epochs": Param(None, type=["null", "integer"], minimum=1, description="train epochs"),
         "encoder_finetune": Param(None, enum=[None, "frozen", "lora", "full"]),
         "overrides": Param({}, type="object", description="params.yaml blocks to override"),
@@ -192,8 +196,8 @@ def lmrec_retrain():
         env={
             **env,
             "SOURCE": "{{ params.source }}",
-            "INTERACTIONS": "{{ params['interactions'] }}",
-            "ITEMS": "{{ params['items'] }}",  # not params.items: that is dict.items
+            "INTERACTIONS": "{{ params['interactions'] or '' }}",
+            "ITEMS": "{{ params['items'] or '' }}",  # not params.items: that is dict.items
         },
         **bash,
     )
