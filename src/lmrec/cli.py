@@ -651,8 +651,9 @@ def drift(
     score_model: Annotated[
         Path | None,
         typer.Option(
-            help="model trained on the split, for score_shift. Default: params "
-            "monitor.score_model (null there: no score_shift)."
+            help="model for score_shift (trained on the split). Default: params "
+            "monitor.score_model: `champion` (the packaged champion, from the registry), a "
+            "model directory, or null (no score_shift)."
         ),
     ] = None,
     out: Annotated[Path, typer.Option(help="output directory for drift.json.")] = Path(
@@ -667,8 +668,11 @@ def drift(
     but the champion is older than monitor.max_model_age_days (reasons printed and in
     drift.json).
     """
+    import tempfile
+
     from lmrec.config import load_params
     from lmrec.stages import drift as stage
+    from lmrec.train.tracking import tracking_uri
 
     try:
         cfg = load_params(params)
@@ -677,7 +681,17 @@ def drift(
         if score_model is not None:
             monitor = monitor.model_copy(update={"score_model": str(score_model)})
         champion = _champion_registered(params)
-        report = stage.run(monitor, split, db, out, champion=champion)
+        with tempfile.TemporaryDirectory(prefix="lmrec-drift-") as tmp:
+            served, label = None, ""
+            if monitor.score_model == stage.CHAMPION_MODEL:
+                uri = tracking_uri(cfg.train.mlflow.tracking_uri)
+                served, label = stage.champion_model(
+                    uri, cfg.register.model_name, Path("artifacts/package"), Path(tmp)
+                )
+            report = stage.run(
+                monitor, split, db, out, champion=champion, champion_dir=served,
+                champion_label=label,
+            )  # fmt: skip
     except LmrecError as err:
         raise _fail(err) from None
     if report["metrics"]:
@@ -753,7 +767,8 @@ def online_report(
     for note in report["notes"]:
         typer.echo(f"  {note}")
     test = report["test"]
-    typer.secho(f"{test['verdict'] or 'not judged'}: {test['reason']}", bold=True)
+    verdict = f"{test['verdict']}: {test['reason']}" if test["verdict"] else test["reason"]
+    typer.secho(verdict, bold=True)  # a reason without a verdict says why it is not judged
     typer.echo(f"report: {out / stage.ONLINE_FILE}, {out / stage.ONLINE_PLOT}")
 
 

@@ -275,8 +275,9 @@ class MonitorParams(Block):
     """Drift monitoring (``lmrec drift``): feedback events of the last ``window_days``
     against the training split; any metric above its ``max_*`` threshold is drift.
 
-    ``score_model`` is the model trained on the monitored split (relative to the working
-    directory); ``None`` turns ``score_shift`` off, a missing directory skips it.
+    ``score_model`` is ``"champion"`` (the packaged champion, ``stages.drift.champion_model``)
+    or a model directory trained on the monitored split (relative to the working directory);
+    ``None`` turns ``score_shift`` off, a missing directory skips it.
     ``max_model_age_days``: a champion registered longer ago than this is stale (an alarm
     of its own, exit 6; None: never)."""
 
@@ -289,7 +290,7 @@ class MonitorParams(Block):
     max_catalog_churn: float = Field(0.2, ge=0, le=1)
     max_score_shift: float = Field(0.3, ge=0, le=1)
     score_bins: int = Field(10, ge=2)
-    score_model: str | None = "artifacts/train/model"
+    score_model: str | None = "champion"
     max_model_age_days: float | None = Field(30.0, gt=0)
     online: OnlineParams = OnlineParams()
 

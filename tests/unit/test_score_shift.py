@@ -297,3 +297,49 @@ def test_model_of_a_reordered_catalog_is_a_data_error(
     (directory / "item_ids.json").write_text(json.dumps(ids))  # the right catalog: judged
     report = stage.run(cfg, tiny_split_dir, tmp_path / "feedback.db", tmp_path / "out")
     assert "score_shift" in report["metrics"]
+
+
+def test_the_served_champion_is_scored_not_the_refused_candidate(
+    tmp_path, tiny_split_dir, split, knn, raw_users, monkeypatch
+):
+    """``score_model: champion``: the packaged champion's version, downloaded from a real
+    MLflow registry, scores the window, whatever ``artifacts/train/model`` holds (after a
+    gate refusal, the refused candidate); its catalog is mapped onto the split's."""
+    from lmrec.registry.store import Registry
+    from lmrec.stages.train import ITEM_IDS_FILE
+    from lmrec.train.tracking import Tracker
+
+    model, directory = knn
+    (directory / ITEM_IDS_FILE).write_text(json.dumps(split.items["item_id"].tolist()))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)  # MLflow's artifact root (mlruns/) lands in the temp dir
+    tracker = Tracker(uri, "test")
+    logged = tracker.log_model(directory)
+    tracker.end()
+    registry = Registry(uri, "lmrec")
+    version = registry.register(logged, tracker.run_id, {}).number
+    registry.promote(version)
+    write_log(tmp_path / "feedback.db", *ranked_last_log(split, model, raw_users))
+    cfg = MonitorParams(min_events=50, score_model=str(directory))
+    by_path = stage.run(cfg, tiny_split_dir, tmp_path / "feedback.db", tmp_path / "a")
+    package = tmp_path / "artifacts" / "package"  # nothing packaged yet: the registry alias
+    served, label = stage.champion_model(uri, "lmrec", package, tmp_path / "dl")
+    assert label == f"champion v{version}" and served is not None
+    champion = cfg.model_copy(update={"score_model": "champion"})
+    report = stage.run(
+        champion, tiny_split_dir, tmp_path / "feedback.db", tmp_path / "b",
+        champion_dir=served, champion_label=label,
+    )  # fmt: skip
+    assert report["score_model"] == f"champion (champion v{version})"
+    assert report["metrics"]["score_shift"] == by_path["metrics"]["score_shift"] > 0.5
+    # The packaged version wins over the alias; an unknown one is a reason, not a crash.
+    package.mkdir(parents=True)
+    (package / "package.json").write_text(json.dumps({"models": {"champion": {"version": 7}}}))
+    missing, why = stage.champion_model(uri, "lmrec", package, tmp_path / "dl2")
+    assert missing is None and "version 7" in why
+    skipped = stage.run(
+        champion, tiny_split_dir, tmp_path / "feedback.db", tmp_path / "c",
+        champion_dir=None, champion_label=why,
+    )  # fmt: skip
+    assert "score_shift" not in skipped["metrics"]
+    assert skipped["notes"] == [f"score_shift: skipped, {why}"]

@@ -8,7 +8,11 @@ DAG runs it daily through ``lmrec drift`` and triggers a retrain when it reports
      "score_model": str | null, "model_age": {...}, "stale": bool, "exit_code": 0 | 5 | 6}
 
 ``score_shift`` (see ``lmrec.monitoring.drift``) scores histories with the model at
-``monitor.score_model``; ``notes`` says why it is missing from ``metrics`` when it is.
+``monitor.score_model``; ``notes`` says why it is missing from ``metrics`` when it is. Its
+default, ``champion``, is the model users get: the packaged champion's version
+(``artifacts/package/package.json``; the registry's champion before anything is packaged),
+in the form its version was evaluated in (``champion_model``): after a gate refusal
+``artifacts/train/model`` is the refused candidate, which nobody is served.
 ``model_age`` is the registry champion's age (``monitoring.drift.model_age``): older than
 ``monitor.max_model_age_days`` it is stale, exit 6 unless the data drifted (exit 5).
 """
@@ -39,6 +43,8 @@ from lmrec.monitoring.drift import (
 from lmrec.serving.feedback import FeedbackStore
 
 DRIFT_FILE = "drift.json"
+#: ``monitor.score_model`` naming the served champion (``champion_model``).
+CHAMPION_MODEL = "champion"
 #: Histories scored per model call (bounds memory to [SCORE_BATCH, n_items] scores).
 SCORE_BATCH = 256
 
@@ -114,23 +120,85 @@ def live_sample(
     return percentiles(model, histories, rows, items)
 
 
+class _Mapped:
+    """A model of another catalog scoring the split's (``CatalogScorer``), with the
+    ``score(histories, allow_nonfinite=...)`` call ``percentiles`` makes."""
+
+    def __init__(self, scorer) -> None:
+        self.scorer = scorer
+
+    def score(self, histories, allow_nonfinite: bool = True) -> np.ndarray:
+        return self.scorer.score(histories)
+
+
+def champion_model(
+    registry_uri: str, model_name: str, package_dir: Path, dst: Path
+) -> tuple[Path | None, str]:
+    """The served champion's model, downloaded into ``dst``: (its directory or None, what
+    it is / why there is none).
+
+    The version is the packaged champion's (``package_dir/package.json``), else the
+    registry's ``champion`` alias. It comes in its evaluated form (the candidate the
+    version's metrics describe, trained without the split's test rows), so the reference
+    sample of ``score_shift`` stays out of sample; a refit's served weights learned those
+    rows. An unreadable registry is a reason, not an error: the other drift metrics go on.
+    """
+    from lmrec.io import LmrecError
+    from lmrec.registry.store import CHAMPION, Registry
+    from lmrec.stages.package import PACKAGE_FILE
+
+    record = package_dir / PACKAGE_FILE
+    number = None
+    if record.is_file():
+        number = json.loads(record.read_text()).get("models", {}).get(CHAMPION, {}).get("version")
+    try:
+        registry = Registry(registry_uri, model_name)
+        if number is None:
+            found = registry.alias(CHAMPION)
+            number = None if found is None else found.number
+        if number is None:
+            return None, f"no champion in the registry at {registry_uri}"
+        return registry.download(int(number), dst), f"champion v{number}"
+    except LmrecError as err:
+        return None, f"the champion could not be read from the registry: {err}"
+
+
 def model_score_shift(
-    cfg: MonitorParams, split: SplitData, split_dir: Path, window: pd.DataFrame
+    cfg: MonitorParams,
+    split: SplitData,
+    split_dir: Path,
+    window: pd.DataFrame,
+    champion_dir: Path | None = None,
+    champion_label: str = "",
 ) -> tuple[dict[str, float], list[str]]:
     """({"score_shift": value} or {}, notes saying why it was left out).
 
+    Args:
+        champion_dir: with ``monitor.score_model: champion``, the champion's downloaded
+            model (``champion_model``), scored through the split's catalog (it may have
+            been trained on an earlier one); None: ``champion_label`` says why not.
+
     Raises:
-        DataError: the model scores another number of items than the split holds.
-        ModelLoadError: ``cfg.score_model`` exists but is not a saved model.
+        DataError: a ``score_model`` path scores another catalog than the split's.
+        ModelLoadError: the model directory is not a saved model.
     """
     if cfg.score_model is None:
         return {}, ["score_shift: off (monitor.score_model is null)"]
-    path = Path(cfg.score_model).resolve()
-    if not path.is_dir():
-        return {}, [f"score_shift: skipped, no model at {path} (train first)"]
     from lmrec.models.registry import load_model  # torch: only when a model is scored
     from lmrec.stages.train import ITEM_IDS_FILE
 
+    if cfg.score_model == CHAMPION_MODEL:
+        if champion_dir is None:
+            return {}, [f"score_shift: skipped, {champion_label or 'no champion'}"]
+        from lmrec.evaluation.scorers import CatalogScorer
+
+        model = load_model(champion_dir)
+        model_ids = [str(i) for i in json.loads((champion_dir / ITEM_IDS_FILE).read_text())]
+        model = _Mapped(CatalogScorer(model, model_ids, split.items["item_id"].astype(str)))
+        return _shift(cfg, split, window, model)
+    path = Path(cfg.score_model).resolve()
+    if not path.is_dir():
+        return {}, [f"score_shift: skipped, no model at {path} (train first)"]
     model = load_model(path)
     if model.n_items != split.n_items:
         raise DataError(
@@ -147,6 +215,10 @@ def model_score_shift(
                 "(same size, other items or order); monitor.score_model must be trained "
                 "on the monitored split"
             )
+    return _shift(cfg, split, window, model)
+
+
+def _shift(cfg: MonitorParams, split: SplitData, window: pd.DataFrame, model) -> tuple:
     users, items = live_events(split, window)
     if len(users) < cfg.min_events:
         return {}, [
@@ -167,12 +239,16 @@ def run(
     out_dir: Path,
     now: float | None = None,
     champion: tuple[int, float | None] | None = None,
+    champion_dir: Path | None = None,
+    champion_label: str = "",
 ) -> dict:
     """Check drift and the champion's age; write ``out_dir/drift.json``; return the report.
 
     Args:
         champion: (version, unix seconds it was registered) of the registry's champion;
             None when there is none (its age is then not judged).
+        champion_dir, champion_label: the served champion's model for ``score_shift``
+            under ``monitor.score_model: champion`` (``champion_model``).
 
     Raises:
         DataError: the split or the feedback log is missing or unreadable, or the
@@ -187,7 +263,9 @@ def run(
     scored, notes = {}, []
     window = recent_events(events, cfg.window_days, now)
     if len(window) >= cfg.min_events:  # else nothing is judged: skip the scoring pass
-        scored, notes = model_score_shift(cfg, split, split_dir, window)
+        scored, notes = model_score_shift(
+            cfg, split, split_dir, window, champion_dir, champion_label
+        )
     report = check_drift(cfg, split.user_ids, split.items, events, now, scored, notes)
     age = model_age(*(champion or (None, None)), now, cfg.max_model_age_days)
     exit_code = DRIFTED_EXIT_CODE if report["drifted"] else STALE_EXIT_CODE if age["stale"] else 0
@@ -195,10 +273,18 @@ def run(
         **report,
         "split": str(split_dir),
         "feedback": str(feedback_db),
-        "score_model": None if cfg.score_model is None else str(Path(cfg.score_model).resolve()),
+        "score_model": _score_model_name(cfg, champion_label),
         "model_age": age,
         "stale": age["stale"],
         "exit_code": exit_code,
     }
     write_json(out_dir / DRIFT_FILE, report)
     return report
+
+
+def _score_model_name(cfg: MonitorParams, champion_label: str) -> str | None:
+    if cfg.score_model is None:
+        return None
+    if cfg.score_model == CHAMPION_MODEL:
+        return f"champion ({champion_label})" if champion_label else CHAMPION_MODEL
+    return str(Path(cfg.score_model).resolve())
