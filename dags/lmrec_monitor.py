@@ -2,7 +2,7 @@
 the daily online report.
 
 drift -> drifted (short-circuit) -> trigger_retrain
-online_report
+      -> online_report (whatever drift's outcome)
 
 ``drift`` runs ``lmrec drift`` (the package CLI in the ``.venv``) in the workspace: recent
 feedback events against the training split, thresholds from params ``monitor``; it writes
@@ -13,8 +13,10 @@ run on the same workspace without waiting for it.
 
 ``online_report`` runs ``lmrec online-report`` on the same feedback log: CTR per model
 version and variant with intervals, the challenger-vs-champion test and each version's
-offline NDCG@10, in ``artifacts/monitor/online.json`` and ``online.png``. It neither waits
-for the drift check nor gates it; a missing or unreadable log fails it.
+offline NDCG@10, in ``artifacts/monitor/online.json`` and ``online.png``. Both commands
+hold the workspace's pipeline lock, so it runs after the drift check (done, failed or
+drifted: ``trigger_rule="all_done"``) rather than beside it, where one would wait for the
+other; it gates nothing. A missing or unreadable log fails it.
 """
 
 from __future__ import annotations
@@ -57,8 +59,8 @@ lmrec online-report --params params.yaml "${feedback[@]}" --out artifacts/monito
     },
 )
 def lmrec_monitor():
-    """Check recent feedback for drift daily; trigger lmrec_retrain when drifted. Report
-    online CTR per model version and variant beside it."""
+    """Check recent feedback for drift daily; trigger lmrec_retrain when drifted. Then
+    report online CTR per model version and variant."""
 
     @task.bash(
         env=task_env(FEEDBACK="{{ params.feedback }}"),
@@ -73,6 +75,7 @@ def lmrec_monitor():
         env=task_env(FEEDBACK="{{ params.feedback }}"),
         append_env=True,
         cwd="{{ params.workspace }}",
+        trigger_rule="all_done",
     )
     def online_report() -> str:
         """`lmrec online-report`: artifacts/monitor/online.json and online.png."""
@@ -91,7 +94,7 @@ def lmrec_monitor():
     )
     verdict = drift()
     chain(verdict, drifted(verdict), trigger)
-    online_report()
+    verdict >> online_report()
 
 
 lmrec_monitor()

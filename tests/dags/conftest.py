@@ -43,6 +43,7 @@ for dag in bag.dags.values():
                 "on_failure_callback": bool(t.on_failure_callback),
                 "is_setup": t.is_setup,
                 "is_teardown": t.is_teardown,
+                "trigger_rule": t.trigger_rule,  # a str enum: JSON writes its value
             }
             for t in dag.tasks
         },

@@ -166,8 +166,10 @@ def test_two_proportion_test_matches_the_chi_square_test(x1, n1, x2, n2):
 
 
 @pytest.fixture()
-def cli(tmp_path):
-    """``lmrec online-report`` with the params defaults (an empty params file)."""
+def cli(tmp_path, monkeypatch):
+    """``lmrec online-report`` with the params defaults (an empty params file), holding a
+    pipeline lock of its own (not this checkout's, which a running stage may hold)."""
+    monkeypatch.setenv("LMREC_PIPELINE_LOCK", str(tmp_path / ".pipeline.lock"))
     params = tmp_path / "params.yaml"
     params.write_text("{}\n")
 

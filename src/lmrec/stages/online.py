@@ -6,7 +6,7 @@ Not a DVC stage (the logs grow all the time); ``lmrec online-report`` runs it an
 and the feedback log (one SQLite file, ``serve.feedback_db``) read-only while the service
 writes to them, and each served version's offline NDCG@10 from the MLflow registry (the
 version's ``metric.<stage>.overall.ndcg_at_10`` tag, the gated candidate's test metric).
-It writes nothing but its two files, so it takes no pipeline lock. ``online.json``::
+The command holds the workspace's pipeline lock, as ``lmrec drift`` does. ``online.json``::
 
     {"window": {...}, "positive_events": [...], "confidence": 0.95,
      "impressions": int, "clicks": int, "feedback": {...},
