@@ -432,13 +432,18 @@ def register(
     )
 
 
-def _registry(params: Path):
+def _registry(params: Path, create: bool = True):
+    """The params' registry; with ``create=False`` None where a SQLite store does not exist
+    yet (a read must not leave an empty one behind)."""
     from lmrec.config import load_params
-    from lmrec.registry.store import Registry
+    from lmrec.registry.store import Registry, store_exists
     from lmrec.train.tracking import tracking_uri
 
     cfg = load_params(params)
-    return Registry(tracking_uri(cfg.train.mlflow.tracking_uri), cfg.register.model_name)
+    uri = tracking_uri(cfg.train.mlflow.tracking_uri)
+    if not create and not store_exists(uri):
+        return None
+    return Registry(uri, cfg.register.model_name)
 
 
 @app.command()
@@ -715,7 +720,8 @@ def _champion_registered(params: Path) -> tuple[int, float | None] | None:
     from lmrec.registry.store import CHAMPION
 
     try:
-        champion = _registry(params).alias(CHAMPION)
+        registry = _registry(params, create=False)
+        champion = None if registry is None else registry.alias(CHAMPION)
     except LmrecError as err:
         typer.secho(f"champion age not judged: {err}", err=True, fg=typer.colors.YELLOW)
         return None

@@ -195,6 +195,7 @@ def test_cli_reports_the_age_of_the_registry_champion(tmp_path, tiny_split_dir, 
     done = runner.invoke(app, [*args, str(tmp_path / "m"), "--score-model", str(tmp_path)])
     assert done.exit_code == 0, done.output
     assert "no champion: age not judged" in done.output
+    assert not (tmp_path / "mlflow.db").exists()  # a read leaves no empty store behind
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://nobody@127.0.0.1:1/none")
     down = runner.invoke(app, [*args, str(tmp_path / "n"), "--score-model", str(tmp_path)])
     assert down.exit_code == 0, down.output

@@ -54,6 +54,7 @@ import yaml
 
 from lmrec.io import LmrecError
 from lmrec.locking import file_lock
+from lmrec.train.tracking import bound_http_retries
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -95,6 +96,13 @@ def registry_lock_path(uri: str) -> Path:
         return Path(parsed.path or uri) / ".lmrec-registry.lock"
     key = hashlib.sha256(uri.encode()).hexdigest()[:16]
     return Path.home() / ".cache" / "lmrec" / "locks" / f"registry-{key}.lock"
+
+
+def store_exists(uri: str) -> bool:
+    """False for a SQLite store whose file does not exist (opening it would create an empty
+    one); True for any other URI (a server is asked when it is read)."""
+    parsed = urlparse(uri)  # sqlite:///relative.db, sqlite:////absolute.db
+    return parsed.scheme != "sqlite" or Path(parsed.path[1:]).is_file()
 
 
 @dataclass(frozen=True)
@@ -140,6 +148,7 @@ class Registry:
 
         logging.getLogger("alembic").setLevel(logging.WARNING)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        bound_http_retries()  # a server that is down fails in seconds, not minutes
         self._mlflow = mlflow
         self.uri, self.name = uri, name
         try:

@@ -144,8 +144,11 @@ def champion_model(
     rows. An unreadable registry is a reason, not an error: the other drift metrics go on.
     """
     from lmrec.io import LmrecError
-    from lmrec.registry.store import CHAMPION, Registry
+    from lmrec.registry.store import CHAMPION, Registry, store_exists
     from lmrec.stages.package import PACKAGE_FILE
+
+    if not store_exists(registry_uri):
+        return None, f"no registry at {registry_uri}"
 
     record = package_dir / PACKAGE_FILE
     number = None

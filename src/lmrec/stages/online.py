@@ -26,7 +26,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import pandas as pd
 
@@ -80,10 +79,10 @@ def offline_ndcg(uri: str, model_name: str, stage: str) -> tuple[dict[str, float
     Raises:
         LmrecError: the registry cannot be read.
     """
-    parsed = urlparse(uri)  # sqlite:///relative.db, sqlite:////absolute.db
-    if parsed.scheme == "sqlite" and not Path(parsed.path[1:]).is_file():
+    from lmrec.registry.store import Registry, store_exists
+
+    if not store_exists(uri):
         return {}, [f"offline NDCG@10: no registry at {uri}"]
-    from lmrec.registry.store import Registry  # mlflow: only when the registry is read
 
     out, notes = {}, []
     for version in Registry(uri, model_name).versions():
