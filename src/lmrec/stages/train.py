@@ -93,6 +93,8 @@ def run(
             cfg.mlflow.experiment,
             run_id=_resumed_run_id(checkpoint_dir, resume),
             run_name="train",
+            hint=f"the checkpoints in {checkpoint_dir} are kept: `lmrec train --resume` "
+            "continues this run once the store answers",
         )
     try:
         result = train_sequential(

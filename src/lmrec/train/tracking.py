@@ -13,15 +13,20 @@ pointing at a real tracking server is configuration only. Every run records:
   with an input/output signature, the lmrec package's source (``code_paths``) and the
   pinned requirements of what that code imports, so ``mlflow.pyfunc.load_model`` works in
   a fresh environment made from the model's ``requirements.txt``.
+
+A tracking server that is down fails a run within seconds, with a message naming it
+(``HTTP_RETRY_DEFAULTS``): MLflow's own defaults retry each request for about four minutes.
+The checkpoints are on local disk, so ``lmrec train --resume`` continues once it is back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +36,14 @@ from lmrec.io import LmrecError
 from lmrec.requirements import PYFUNC, installed_versions, pinned
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+#: MLflow's HTTP client settings that lmrec sets unless the environment does: MLflow's own
+#: (7 retries, backoff factor 2, 120 s timeout) keep a command waiting ~4 minutes per request
+#: on a server that is down; these give up after ~7 s (retries after 0, 2 and 4 s).
+HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 #: the lmrec package's source, shipped inside every logged model (``code_paths``)
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -46,6 +59,13 @@ def pyfunc_requirements() -> list[str]:
 def tracking_uri(configured: str) -> str:
     """The tracking URI in effect: ``MLFLOW_TRACKING_URI`` wins over params."""
     return os.environ.get("MLFLOW_TRACKING_URI") or configured
+
+
+def bound_http_retries() -> None:
+    """Apply ``HTTP_RETRY_DEFAULTS`` where the environment sets no value of its own (called
+    before a command's first MLflow request; MLflow reads them per request)."""
+    for name, value in HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(name, value)
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -94,13 +114,21 @@ class Tracker:
     """A thin wrapper over one MLflow run (created, or resumed by id)."""
 
     def __init__(
-        self, uri: str, experiment: str, run_id: str | None = None, run_name: str | None = None
+        self,
+        uri: str,
+        experiment: str,
+        run_id: str | None = None,
+        run_name: str | None = None,
+        hint: str = "",
     ) -> None:
+        """Start (or, with ``run_id``, resume) a run; ``hint`` ends the message of any later
+        MLflow failure (what the user can do about it)."""
         import mlflow
 
         logging.getLogger("alembic").setLevel(logging.WARNING)
+        bound_http_retries()
         self._mlflow = mlflow
-        self.uri = uri
+        self.uri, self.hint = uri, hint
         mlflow.set_tracking_uri(uri)
         try:
             mlflow.set_experiment(experiment)
@@ -109,23 +137,37 @@ class Tracker:
             raise LmrecError(f"MLflow at {uri!r}: cannot start a run: {err}") from err
         self.run_id: str = self.run.info.run_id
 
+    @contextlib.contextmanager
+    def _store(self, what: str) -> Iterator[None]:
+        """Turn an MLflow failure (a server gone, a store unwritable) into an ``LmrecError``
+        naming the store."""
+        try:
+            yield
+        except Exception as err:  # MLflow raises many types for an unreachable/bad store
+            hint = f"; {self.hint}" if self.hint else ""
+            raise LmrecError(f"MLflow at {self.uri!r}: cannot {what}: {err}{hint}") from err
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         flat = flatten(params)
-        existing = self._mlflow.get_run(self.run_id).data.params
-        fresh = {k: v for k, v in flat.items() if k not in existing}  # resumed runs
-        if fresh:
-            self._mlflow.log_params(fresh)
+        with self._store("log params"):
+            existing = self._mlflow.get_run(self.run_id).data.params
+            fresh = {k: v for k, v in flat.items() if k not in existing}  # resumed runs
+            if fresh:
+                self._mlflow.log_params(fresh)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        self._mlflow.set_tags(dict(tags))
+        with self._store("set tags"):
+            self._mlflow.set_tags(dict(tags))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         clean = {_metric_name(k): float(v) for k, v in metrics.items() if _finite(v)}
         if clean:
-            self._mlflow.log_metrics(clean, step=step)
+            with self._store("log metrics"):
+                self._mlflow.log_metrics(clean, step=step)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self._mlflow.log_artifact(str(path), artifact_path)
+        with self._store(f"log {Path(path).name}"):
+            self._mlflow.log_artifact(str(path), artifact_path)
 
     def log_model(self, model_dir: str | Path) -> str:
         """Log the saved model directory as a pyfunc model with a signature; return its URI."""
@@ -140,18 +182,28 @@ class Tracker:
             # An input example would make MLflow load and run the model at logging time;
             # the signature already documents the input.
             warnings.filterwarnings("ignore", message=".*An input example was not provided")
-            info = self._mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(PYFUNC_CODE),
-                artifacts={"model": str(model_dir)},
-                signature=signature,
-                pip_requirements=pyfunc_requirements(),
-                code_paths=[str(PACKAGE_DIR)],
-            )
+            with self._store("log the model"):
+                info = self._mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=str(PYFUNC_CODE),
+                    artifacts={"model": str(model_dir)},
+                    signature=signature,
+                    pip_requirements=pyfunc_requirements(),
+                    code_paths=[str(PACKAGE_DIR)],
+                )
         return info.model_uri
 
     def end(self, status: str = "FINISHED") -> None:
-        self._mlflow.end_run(status=status)
+        """End the run. Ending a failed one is best effort: the store may be what failed, and
+        the error that ended the run is the one to report."""
+        if status == "FINISHED":
+            with self._store("end the run"):
+                self._mlflow.end_run(status=status)
+            return
+        try:
+            self._mlflow.end_run(status=status)
+        except Exception as err:  # noqa: BLE001 - reported, then the original error wins
+            logging.getLogger(__name__).warning("MLflow at %r: run left open: %s", self.uri, err)
 
 
 def _metric_name(key: str) -> str:
