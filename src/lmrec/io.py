@@ -1,15 +1,20 @@
 """File helpers shared by every stage: atomic writes and reads with readable errors.
 
 A stage that fails must leave no half-written output behind, so every writer here goes
-through a temporary sibling that is renamed into place only once it is complete.
+through a temporary sibling that is renamed into place only once it is complete. The
+temporary's name carries the writer's pid (``.<name>.<pid>.<random>.tmp``): a writer that
+is killed (SIGKILL, OOM, power) leaves it behind, and the next writer of the same path
+removes the temporaries of processes that no longer exist (``_sweep``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -32,39 +37,108 @@ class DataError(LmrecError):
     exit_code = 2
 
 
+#: errors of the storage an output is written to (full, over quota, too large, read-only)
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
+@contextlib.contextmanager
+def _storage_errors(path: Path) -> Iterator[None]:
+    """Turn a full or read-only disk under ``path`` into an ``LmrecError`` naming it."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in STORAGE_ERRNOS:
+            raise
+        raise LmrecError(
+            f"{path}: cannot write: {os.strerror(err.errno)} ({err}); "
+            "the previous output, if any, is unchanged"
+        ) from err
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+#: an atomic writer's temporary: ``.<name>.<pid>.<random>.tmp`` (``_temp_prefix``)
+_TEMP_NAME = re.compile(r"\..*\.(\d+)\.[^.]+\.tmp")
+
+
+def _sweep(path: Path) -> None:
+    """Remove what killed writers left next to ``path``: the temporaries of processes that
+    are gone (of any target: a model saved inside a temporary directory leaves a nested
+    one), and the previous output a swap (``atomic_dir``) set aside, which is put back when
+    the kill fell between its two renames. Writers of one workspace are serialised (the
+    pipeline lock), and a live writer's temporaries carry a live pid: they are kept."""
+    for sibling in path.parent.iterdir():
+        found = _TEMP_NAME.fullmatch(sibling.name)
+        if found is None or _alive(int(found.group(1))):
+            continue
+        if sibling.is_dir() and not sibling.is_symlink():
+            shutil.rmtree(sibling, ignore_errors=True)
+        else:
+            sibling.unlink(missing_ok=True)
+    old = path.with_name(f".{path.name}.old")
+    if old.is_dir() and not path.exists():
+        old.rename(path)
+    elif old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
+
+    Raises:
+        LmrecError: the disk is full or read-only (``path`` is left as it was).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _storage_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _sweep(path)
+        fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory; swap it in for ``path`` only when the block succeeds."""
+    """Yield a temporary directory; swap it in for ``path`` only when the block succeeds.
+
+    Raises:
+        LmrecError: the disk is full or read-only (``path`` is left as it was).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with _storage_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _sweep(path)
+        tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
+        try:
+            yield tmp
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                path.rename(old)
+                tmp.rename(path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_json(path: str | Path, obj: object) -> None:
