@@ -82,7 +82,9 @@ def score_window(model, split, rows) -> dict[str, float]:
     }
 
 
-def fit_at(cutoff: float, data: Path, params_path: Path, work: Path, seed: int):
+def fit_at(
+    cutoff: float, events: pd.DataFrame, data: Path, params_path: Path, work: Path, seed: int
+):
     """The model of the events up to ``cutoff``: preprocess, embed and train as the stages do."""
     from lmrec.stages import embed as embed_stage
     from lmrec.stages import preprocess
@@ -90,7 +92,6 @@ def fit_at(cutoff: float, data: Path, params_path: Path, work: Path, seed: int):
     from lmrec.train.trainer import train_sequential
 
     params = load_params(params_path)
-    events = pd.read_parquet(data / "interactions.parquet")
     work.mkdir(parents=True, exist_ok=True)
     events[events["timestamp"] <= cutoff].to_parquet(work / "interactions.parquet")
     preprocess.run(params.preprocess, work / "interactions.parquet", data / "items.parquet",
@@ -152,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     for age in args.ages:
         for seed in args.seeds:
             with tempfile.TemporaryDirectory(prefix="lmrec-stale-") as tmp:
-                split, fit = fit_at(cutoff - age * DAY, args.data, args.params, Path(tmp), seed)
+                split, fit = fit_at(
+                    cutoff - age * DAY, events, args.data, args.params, Path(tmp), seed
+                )
                 row = {
                     "age_days": age,
                     "seed": seed,

@@ -53,7 +53,9 @@ class CatalogScorer:
         """Items of this catalog the model has never seen."""
         return int((~self.known).sum())
 
-    def score(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+    def score(self, histories: Sequence[np.ndarray], allow_nonfinite: bool = True) -> np.ndarray:
+        """Scores over this catalog; non-finite model scores always pass through (the
+        protocol counts them), so ``allow_nonfinite`` is accepted for the model's call form."""
         if self.identical:
             return self.model.score(histories, allow_nonfinite=True)
         mapped = [self.to_model[np.asarray(h, dtype=np.int64)] for h in histories]

@@ -120,17 +120,6 @@ def live_sample(
     return percentiles(model, histories, rows, items)
 
 
-class _Mapped:
-    """A model of another catalog scoring the split's (``CatalogScorer``), with the
-    ``score(histories, allow_nonfinite=...)`` call ``percentiles`` makes."""
-
-    def __init__(self, scorer) -> None:
-        self.scorer = scorer
-
-    def score(self, histories, allow_nonfinite: bool = True) -> np.ndarray:
-        return self.scorer.score(histories)
-
-
 def champion_model(
     registry_uri: str, model_name: str, package_dir: Path, dst: Path
 ) -> tuple[Path | None, str]:
@@ -197,7 +186,7 @@ def model_score_shift(
 
         model = load_model(champion_dir)
         model_ids = [str(i) for i in json.loads((champion_dir / ITEM_IDS_FILE).read_text())]
-        model = _Mapped(CatalogScorer(model, model_ids, split.items["item_id"].astype(str)))
+        model = CatalogScorer(model, model_ids, split.items["item_id"].astype(str))
         return _shift(cfg, split, window, model)
     path = Path(cfg.score_model).resolve()
     if not path.is_dir():
