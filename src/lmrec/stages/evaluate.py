@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -104,9 +103,8 @@ def _evaluate_champion(
         return None
     info = {"version": champion.number, "digest": champion.digest}
     info["is_candidate"] = champion.digest == candidate_digest
-    if champion.created_at is not None:  # how stale the model in production is
-        info["registered_at"] = champion.created_at
-        info["age_days"] = round((time.time() - champion.created_at) / 86_400.0, 3)
+    if champion.created_at is not None:  # its age is judged by ``lmrec drift``: an age here
+        info["registered_at"] = champion.created_at  # would change the outputs every run
     with tempfile.TemporaryDirectory(prefix="lmrec-champion-") as tmp:
         model_dir = registry.download(champion.number, tmp)
         scorer = CatalogScorer(
