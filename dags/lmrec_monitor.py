@@ -16,7 +16,8 @@ version and variant with intervals, the challenger-vs-champion test and each ver
 offline NDCG@10, in ``artifacts/monitor/online.json`` and ``online.png``. Both commands
 hold the workspace's pipeline lock, so it runs after the drift check (done, failed or
 drifted: ``trigger_rule="all_done"``) rather than beside it, where one would wait for the
-other; it gates nothing. A missing or unreadable log fails it.
+other; it gates nothing. A missing or unreadable log fails it, and so does (exit 7) a
+significant disagreement of offline NDCG@10 and online CTR on two versions.
 """
 
 from __future__ import annotations

@@ -748,11 +748,14 @@ def online_report(
     monitor.online.positive_events), a Wilson interval per arm, a two-proportion z-test of
     the challenger against the champion (verdict better / worse / no difference at
     monitor.online.alpha) and each version's offline NDCG@10 from the MLflow registry.
-    Exit 0 with the report written; 2 when the log is missing or unreadable.
+    Exit 0 with the report written; 2 when the log is missing or unreadable; 7 (report
+    written) when offline NDCG@10 ranks a version above another whose CTR is significantly
+    higher (monitor.online.alarm_on_disagreement).
     """
     import os
 
     from lmrec.config import load_params
+    from lmrec.monitoring.online import DISAGREEMENT_EXIT_CODE
     from lmrec.stages import online as stage
     from lmrec.train.tracking import tracking_uri
 
@@ -776,6 +779,17 @@ def online_report(
     verdict = f"{test['verdict']}: {test['reason']}" if test["verdict"] else test["reason"]
     typer.secho(verdict, bold=True)  # a reason without a verdict says why it is not judged
     typer.echo(f"report: {out / stage.ONLINE_FILE}, {out / stage.ONLINE_PLOT}")
+    for pair in report["agreement"]["disagreements"]:
+        a, b = pair["better_offline"], pair["better_online"]
+        (ndcg_a, ndcg_b), (ctr_a, ctr_b) = pair["offline_ndcg@10"], pair["ctr"]
+        typer.secho(
+            f"offline and online disagree: v{a} NDCG@10 {ndcg_a:.4f} > v{b} {ndcg_b:.4f}, "
+            f"but CTR v{b} {ctr_b:.4f} > v{a} {ctr_a:.4f} (p = {pair['p_value']:.3g})",
+            err=True,
+            fg=typer.colors.RED,
+        )
+    if report["agreement"]["alarm"] and cfg.monitor.online.alarm_on_disagreement:
+        raise typer.Exit(DISAGREEMENT_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -262,13 +262,15 @@ class ServeParams(Block):
 class OnlineParams(Block):
     """Online metrics per variant (``lmrec online-report``): the impression log joined to
     the feedback log by ``request_id`` and item; a served item counts as clicked when it
-    got any of ``positive_events``."""
+    got any of ``positive_events``. ``alarm_on_disagreement``: exit 7 when offline NDCG@10
+    and online CTR order two versions oppositely and the CTR gap is significant."""
 
     positive_events: list[str] = Field(default_factory=lambda: ["click"], min_length=1)
     window_days: float | None = Field(7.0, gt=0)
     confidence: float = Field(0.95, gt=0, lt=1)
     alpha: float = Field(0.05, gt=0, lt=1)
     min_impressions: int = Field(100, ge=1)
+    alarm_on_disagreement: bool = True
 
 
 class MonitorParams(Block):

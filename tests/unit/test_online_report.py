@@ -98,6 +98,40 @@ def test_challenger_with_fewer_clicks_is_worse(tmp_path):
     assert report["agreement"]["same_order"] is True
 
 
+def test_a_significant_inversion_of_offline_and_online_order_is_an_alarm(tmp_path):
+    """Offline NDCG@10 says v1 > v2 > v3; users click v3 most. v3 against v1 and v2 is
+    significant; v2 against v1 (0.050 vs 0.055 CTR) is not, so it is no disagreement."""
+    db = tmp_path / "feedback.db"
+    arms = {("1", "champion"): 0.05, ("2", "champion"): 0.055, ("3", "challenger"): 0.10}
+    traffic(db, arms, answers=400)
+    report = stage.run(CFG, db, tmp_path, offline={"1": 0.30, "2": 0.25, "3": 0.20})
+    agree = report["agreement"]
+    assert agree["same_order"] is False and agree["alarm"] is True
+    pairs = {(d["better_offline"], d["better_online"]): d for d in agree["disagreements"]}
+    assert set(pairs) == {("1", "3"), ("2", "3")}  # ("1", "2") is within noise
+    for (a, b), pair in pairs.items():
+        assert pair["p_value"] < CFG.alpha and pair["z"] > 0
+        ctr = {v["model_version"]: v["ctr"] for v in agree["versions"]}
+        assert pair["ctr"] == [ctr[a], ctr[b]] and ctr[b] > ctr[a]
+    written = json.loads((tmp_path / stage.ONLINE_FILE).read_text())
+    assert written["agreement"]["alarm"] is True
+    assert written["agreement"]["disagreements"][0]["p_value"] > 0  # not rounded to 0
+
+
+def test_an_inversion_within_noise_or_below_min_impressions_is_no_alarm(tmp_path):
+    db = tmp_path / "feedback.db"  # offline v1 > v2, CTR v2 a little higher: not significant
+    traffic(db, {("1", "champion"): 0.07, ("2", "challenger"): 0.075}, answers=300, seed=3)
+    report = stage.run(CFG, db, tmp_path, offline={"1": 0.30, "2": 0.20})
+    assert report["agreement"]["same_order"] is False
+    assert report["agreement"]["alarm"] is False and report["agreement"]["disagreements"] == []
+    few = tmp_path / "few.db"  # a large inversion on 5 answers (50 impressions) per version
+    traffic(few, {("1", "champion"): 0.02, ("2", "challenger"): 0.6}, answers=5)
+    report = stage.run(CFG, few, tmp_path, offline={"1": 0.30, "2": 0.20})
+    assert report["agreement"]["judged_versions"] == [] and report["agreement"]["alarm"] is False
+    loose = OnlineParams(min_impressions=10)
+    assert stage.run(loose, few, tmp_path, offline={"1": 0.30, "2": 0.20})["agreement"]["alarm"]
+
+
 def test_equal_traffic_gives_no_verdict_either_way(tmp_path):
     db = tmp_path / "feedback.db"
     traffic(db, {("1", "champion"): 0.07, ("2", "challenger"): 0.07}, answers=300, seed=3)
@@ -224,6 +258,30 @@ def test_cli_puts_the_registry_offline_ndcg_beside_online_ctr(cli, tmp_path, mon
         "2": 0.27,
     }
     assert report["agreement"]["same_order"] is True and report["registry"] == uri
+    assert report["agreement"]["alarm"] is False
+    # Users now prefer version 1, which the registry scores lower: exit 7, report written.
+    inverted = tmp_path / "inverted.db"
+    traffic(inverted, {("1", "champion"): 0.09, ("2", "challenger"): 0.04}, answers=300)
+    result = cli("--feedback", str(inverted), "--out", str(tmp_path / "inv"))
+    assert result.exit_code == 7, result.output
+    assert "offline and online disagree: v2 NDCG@10 0.2700 > v1 0.2100" in result.output
+    report = json.loads((tmp_path / "inv" / stage.ONLINE_FILE).read_text())
+    assert report["agreement"]["alarm"] is True and report["test"]["verdict"] == "worse"
+    off = tmp_path / "off.yaml"
+    off.write_text("monitor: {online: {alarm_on_disagreement: false}}\n")
+    result = CliRunner().invoke(
+        app,
+        [
+            "online-report",
+            "--params",
+            str(off),
+            "--feedback",
+            str(inverted),
+            "--out",
+            str(tmp_path / "inv"),
+        ],
+    )
+    assert result.exit_code == 0 and "offline and online disagree" in result.output
 
 
 def test_help_says_what_it_does(cli):

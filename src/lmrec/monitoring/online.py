@@ -21,6 +21,14 @@ two-proportion z-test (pooled variance): ``better`` / ``worse`` when p < alpha, 
 ``min_impressions`` in either arm. Each arm is its variant's most recently served version.
 The test treats impressions as independent; items of one answer, and answers of one user,
 are not quite, so p-values near alpha are optimistic.
+
+Offline against online: each version's CTR (its variants pooled) beside its offline
+NDCG@10. A pair of versions where NDCG@10 ranks one above the other but the other's CTR is
+significantly higher (the same z-test, at ``alpha``, both with ``min_impressions``) is a
+disagreement; any disagreement is an alarm (``lmrec online-report`` exits
+``DISAGREEMENT_EXIT_CODE`` unless ``alarm_on_disagreement`` is off): the offline protocol
+that gates every candidate no longer predicts what users do. An insignificant inversion
+only shows in ``same_order``.
 """
 
 from __future__ import annotations
@@ -35,6 +43,9 @@ import pandas as pd
 from lmrec.config import OnlineParams
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+#: Exit code of ``lmrec online-report`` when offline NDCG@10 and online CTR disagree
+#: significantly on two versions (after drift's 5 and staleness's 6).
+DISAGREEMENT_EXIT_CODE = 7
 IMPRESSION_COLUMNS = ("request_id", "model_version", "variant", "item_id", "timestamp")
 EVENT_COLUMNS = ("request_id", "item_id", "event")
 
@@ -151,9 +162,17 @@ def compare(arms: list[dict[str, Any]], cfg: OnlineParams) -> dict[str, Any]:
     }
 
 
-def agreement(joined: pd.DataFrame, offline: Mapping[str, float | None]) -> dict[str, Any]:
-    """Each version's online CTR (every variant pooled) beside its offline NDCG@10, and
-    whether the two order the versions that have both the same way."""
+def agreement(
+    joined: pd.DataFrame,
+    offline: Mapping[str, float | None],
+    alpha: float = 0.05,
+    min_impressions: int = 100,
+) -> dict[str, Any]:
+    """Each version's online CTR (every variant pooled) beside its offline NDCG@10, whether
+    the two order the versions that have both the same way, and the pairs where they
+    disagree significantly: offline NDCG@10 ranks version a above b, yet b's CTR is higher
+    with p < ``alpha`` (two-proportion z-test; both with at least ``min_impressions``).
+    Any such pair sets ``alarm``: offline evaluation no longer predicts what users do."""
     by_version = joined.groupby("model_version")["clicked"].agg(["sum", "count"])
     versions = []
     for version, row in by_version.iterrows():
@@ -163,6 +182,7 @@ def agreement(joined: pd.DataFrame, offline: Mapping[str, float | None]) -> dict
             {
                 "model_version": str(version),
                 "impressions": shown,
+                "clicks": int(row["sum"]),
                 "ctr": float(row["sum"]) / shown,
                 "offline_ndcg@10": ndcg,
             }
@@ -170,11 +190,34 @@ def agreement(joined: pd.DataFrame, offline: Mapping[str, float | None]) -> dict
     both = [v for v in versions if v["offline_ndcg@10"] is not None]
     by_ctr = [v["model_version"] for v in sorted(both, key=lambda v: -v["ctr"])]
     by_ndcg = [v["model_version"] for v in sorted(both, key=lambda v: -v["offline_ndcg@10"])]
+    judged = [v for v in both if v["impressions"] >= min_impressions]
+    disagreements = []
+    for a in judged:  # a: better offline; b: better online
+        for b in judged:
+            if not (a["offline_ndcg@10"] > b["offline_ndcg@10"] and b["ctr"] > a["ctr"]):
+                continue
+            z, p = two_proportion_test(b["clicks"], b["impressions"], a["clicks"], a["impressions"])
+            if p < alpha:
+                disagreements.append(
+                    {
+                        "better_offline": a["model_version"],
+                        "better_online": b["model_version"],
+                        "offline_ndcg@10": [a["offline_ndcg@10"], b["offline_ndcg@10"]],
+                        "ctr": [a["ctr"], b["ctr"]],
+                        "z": z,
+                        "p_value": p,
+                    }
+                )
     return {
         "versions": versions,
         "by_ctr": by_ctr,
         "by_offline_ndcg@10": by_ndcg,
         "same_order": by_ctr == by_ndcg if len(both) >= 2 else None,
+        "alpha": alpha,
+        "min_impressions": min_impressions,
+        "judged_versions": [v["model_version"] for v in judged],
+        "disagreements": disagreements,
+        "alarm": bool(disagreements),
     }
 
 
@@ -209,5 +252,5 @@ def online_report(
         "feedback": counts,
         "arms": arms,
         "test": compare(arms, cfg),
-        "agreement": agreement(joined, offline),
+        "agreement": agreement(joined, offline, cfg.alpha, cfg.min_impressions),
     }

@@ -14,7 +14,10 @@ The command holds the workspace's pipeline lock, as ``lmrec drift`` does. ``onli
                "ci_low", "ci_high", "first_served", "last_served", "offline_ndcg@10"}],
      "test": {"champion", "challenger", "z", "p_value", "verdict", "reason", ...},
      "agreement": {"versions": [...], "by_ctr": [...], "by_offline_ndcg@10": [...],
-                   "same_order": bool | null},
+                   "same_order": bool | null, "alpha", "min_impressions",
+                   "judged_versions": [...], "disagreements": [{"better_offline",
+                   "better_online", "offline_ndcg@10", "ctr", "z", "p_value"}],
+                   "alarm": bool},
      "notes": [...], "feedback_db": str, "registry": str | null}
 """
 
@@ -177,10 +180,13 @@ def run(
         offline, notes = offline_ndcg(offline.uri, offline.model_name, offline.stage)
     report = online_report(impressions, events, cfg, offline or {}, now)
     p_value = report["test"].get("p_value")  # json_safe's rounding would turn 1e-9 into 0
+    pair_p = [pair["p_value"] for pair in report["agreement"]["disagreements"]]
     where = {"notes": notes, "feedback_db": str(feedback_db), "registry": registry}
     report = json_safe({**report, **where})
     if p_value is not None:
         report["test"]["p_value"] = p_value
+    for pair, p in zip(report["agreement"]["disagreements"], pair_p, strict=True):
+        pair["p_value"] = p
     draw(report, out_dir / ONLINE_PLOT)
     write_json(out_dir / ONLINE_FILE, report)
     return report
