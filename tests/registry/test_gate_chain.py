@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from mlflow import MlflowClient
 
 from lmrec.features.dataset import load_split
 from lmrec.models.random import RandomRecommender
@@ -160,6 +161,16 @@ def test_gate_refuses_worse_candidates_promotes_better_and_rolls_back(ws):
     assert sum(c["status"] == "pass" for c in compared) >= 5, compared
     comparison = json.loads((ws / "artifacts/evaluate/comparison.json").read_text())
     assert comparison["models"]["champion"]["champion"]["digest"] == registry(ws).version(1).digest
+    # The champion's registration time is in the outputs; its age (which changes every
+    # second) only in what is printed and logged to the candidate's MLflow run.
+    registered = registry(ws).version(1).created_at
+    assert comparison["models"]["champion"]["champion"]["registered_at"] == registered
+    metrics = json.loads((ws / "artifacts/evaluate/metrics.json").read_text())
+    assert metrics["champion"]["registered_at"] == registered
+    assert "age_days" not in comparison["models"]["champion"]["champion"]
+    run_id = json.loads((ws / "artifacts/train/run.json").read_text())["mlflow_run_id"]
+    logged = MlflowClient(f"sqlite:///{ws}/mlflow.db").get_run(run_id).data.metrics
+    assert 0 < logged["test.champion.age_days"] < 1  # v1 was registered minutes ago
     stale = lmrec(ws, "register", better)  # artifacts/refit is still v1's
     assert stale.returncode == 2 and "not of the gated candidate" in stale.stderr
     ok(lmrec(ws, "refit", better, "--no-progress"))

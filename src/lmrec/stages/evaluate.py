@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +104,8 @@ def _evaluate_champion(
         return None
     info = {"version": champion.number, "digest": champion.digest}
     info["is_candidate"] = champion.digest == candidate_digest
-    if champion.created_at is not None:  # its age is judged by ``lmrec drift``: an age here
-        info["registered_at"] = champion.created_at  # would change the outputs every run
+    if champion.created_at is not None:  # the age is derived when printed and logged: in the
+        info["registered_at"] = champion.created_at  # outputs it would change them every run
     with tempfile.TemporaryDirectory(prefix="lmrec-champion-") as tmp:
         model_dir = registry.download(champion.number, tmp)
         scorer = CatalogScorer(
@@ -190,6 +191,7 @@ def _metrics(comparison: dict[str, Any]) -> dict[str, Any]:
         champ = models["champion"]
         out["champion"] = {
             "version": champ["champion"]["version"],
+            "registered_at": champ["champion"].get("registered_at"),
             **{k: champ["overall"].get(k) for k in HEADLINE},
         }
     out["baselines"] = {
@@ -257,6 +259,9 @@ def _log_to_mlflow(
     values = flatten(
         {"overall": cand["overall"], "slices": cand["slices"], "served": cand["served"]}
     )
+    age = champion_age_days(comparison)
+    if age is not None:  # how stale the model in production was when this candidate met it
+        values["champion.age_days"] = age
     try:
         client.log_batch(
             run_id,
@@ -274,9 +279,23 @@ def _log_to_mlflow(
         ) from err
 
 
+def champion_age_days(comparison: dict[str, Any], now: float | None = None) -> float | None:
+    """Days since the champion of ``comparison`` was registered (None: no champion, or its
+    registration time unknown)."""
+    champ = comparison["models"].get("champion", {}).get("champion", {})
+    if champ.get("registered_at") is None:
+        return None
+    now = time.time() if now is None else now
+    return round((now - champ["registered_at"]) / 86_400.0, 3)
+
+
 def _summary(comparison: dict[str, Any]) -> dict[str, Any]:
     stage = comparison["stage"]
     out = {}
+    age = champion_age_days(comparison)
+    if age is not None:
+        champ = comparison["models"]["champion"]
+        out[f"{champ['label']} age"] = f"{age:g} days since it was registered"
     for m in comparison["models"].values():
         ndcg = m["overall"].get("ndcg@10")
         new = m["slices"]["new_items"].get("hr@10")
