@@ -163,15 +163,12 @@ def compare(arms: list[dict[str, Any]], cfg: OnlineParams) -> dict[str, Any]:
 
 
 def agreement(
-    joined: pd.DataFrame,
-    offline: Mapping[str, float | None],
-    alpha: float = 0.05,
-    min_impressions: int = 100,
+    joined: pd.DataFrame, offline: Mapping[str, float | None], cfg: OnlineParams
 ) -> dict[str, Any]:
     """Each version's online CTR (every variant pooled) beside its offline NDCG@10, whether
     the two order the versions that have both the same way, and the pairs where they
     disagree significantly: offline NDCG@10 ranks version a above b, yet b's CTR is higher
-    with p < ``alpha`` (two-proportion z-test; both with at least ``min_impressions``).
+    with p < ``cfg.alpha`` (two-proportion z-test; both with ``cfg.min_impressions``).
     Any such pair sets ``alarm``: offline evaluation no longer predicts what users do."""
     by_version = joined.groupby("model_version")["clicked"].agg(["sum", "count"])
     versions = []
@@ -190,6 +187,7 @@ def agreement(
     both = [v for v in versions if v["offline_ndcg@10"] is not None]
     by_ctr = [v["model_version"] for v in sorted(both, key=lambda v: -v["ctr"])]
     by_ndcg = [v["model_version"] for v in sorted(both, key=lambda v: -v["offline_ndcg@10"])]
+    alpha, min_impressions = cfg.alpha, cfg.min_impressions
     judged = [v for v in both if v["impressions"] >= min_impressions]
     disagreements = []
     for a in judged:  # a: better offline; b: better online
@@ -252,5 +250,5 @@ def online_report(
         "feedback": counts,
         "arms": arms,
         "test": compare(arms, cfg),
-        "agreement": agreement(joined, offline, cfg.alpha, cfg.min_impressions),
+        "agreement": agreement(joined, offline, cfg),
     }

@@ -279,14 +279,13 @@ def _log_to_mlflow(
         ) from err
 
 
-def champion_age_days(comparison: dict[str, Any], now: float | None = None) -> float | None:
+def champion_age_days(comparison: dict[str, Any]) -> float | None:
     """Days since the champion of ``comparison`` was registered (None: no champion, or its
     registration time unknown)."""
     champ = comparison["models"].get("champion", {}).get("champion", {})
     if champ.get("registered_at") is None:
         return None
-    now = time.time() if now is None else now
-    return round((now - champ["registered_at"]) / 86_400.0, 3)
+    return round((time.time() - champ["registered_at"]) / 86_400.0, 3)
 
 
 def _summary(comparison: dict[str, Any]) -> dict[str, Any]:
