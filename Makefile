@@ -6,6 +6,9 @@ VENV := .venv
 AIRFLOW_VENV := .venv-airflow
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 PYTEST_ARGS ?=
+# `make test` runs the suite's files on this many pytest-xdist workers (one file per worker at
+# a time, so a module's fixtures are built once); TEST_WORKERS=0 runs it in this process
+TEST_WORKERS ?= 2
 
 .PHONY: help setup demo serve stop test test-fast mlflow-ui airflow cluster-up cluster-serve cluster-screenshot cluster-down bench-setup bench lint format lock clean
 
@@ -61,11 +64,11 @@ serve: setup  ## start the packaged champion in the background on SERVE_PORT and
 stop:  ## stop the service started by make serve / make demo
 	@if [ -f artifacts/serve.pid ]; then kill -- -$$(cat artifacts/serve.pid) 2>/dev/null || kill $$(cat artifacts/serve.pid) 2>/dev/null; rm -f artifacts/serve.pid; echo stopped; else echo "not running"; fi
 
-test: setup  ## run the whole test suite
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+test: setup  ## run the whole test suite (on TEST_WORKERS workers)
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: setup  ## skip the slow (real DVC / subprocess) tests
-	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 MLFLOW_PORT ?= 5000
 mlflow-ui: setup  ## the MLflow UI on the local store (runs, reports, versions): http://127.0.0.1:$(MLFLOW_PORT)
