@@ -1,5 +1,5 @@
 # The gate task: `dvc repro gate`, then the verdict from gate.json, which `lmrec gate` writes
-# on a pass (exit 0) and on a refusal (exit 4, lmrec.registry.gate.REFUSED_EXIT_CODE) alike.
+# on a pass (exit 0) and on a refusal (exit 4, lmrec.exit_codes.ExitCode.REFUSED) alike.
 # DVC's exit status says only whether the stage failed; its message text is not read.
 # - dvc succeeded: the gate passed now, or passed before and DVC skipped it (dvc.lock
 #   records a stage only after exit 0): gate.json must say passed.

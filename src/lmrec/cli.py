@@ -26,6 +26,7 @@ from typing import Annotated, ParamSpec
 
 import typer
 
+from lmrec.exit_codes import ExitCode
 from lmrec.io import LmrecError
 
 P = ParamSpec("P")
@@ -755,7 +756,6 @@ def online_report(
     import os
 
     from lmrec.config import load_params
-    from lmrec.monitoring.online import DISAGREEMENT_EXIT_CODE
     from lmrec.stages import online as stage
     from lmrec.train.tracking import tracking_uri
 
@@ -789,7 +789,7 @@ def online_report(
             fg=typer.colors.RED,
         )
     if report["agreement"]["alarm"] and cfg.monitor.online.alarm_on_disagreement:
-        raise typer.Exit(DISAGREEMENT_EXIT_CODE)
+        raise typer.Exit(ExitCode.DISAGREEMENT)
 
 
 if __name__ == "__main__":

@@ -24,17 +24,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lmrec.exit_codes import ExitCode
+
 
 class LmrecError(Exception):
     """An error the user can act on; the CLI prints its message and exits non-zero."""
 
-    exit_code = 1
+    exit_code = ExitCode.ERROR
 
 
 class DataError(LmrecError):
     """Input data is missing, unreadable or breaks the data contract."""
 
-    exit_code = 2
+    exit_code = ExitCode.DATA
 
 
 #: errors of the storage an output is written to (full, over quota, too large, read-only)

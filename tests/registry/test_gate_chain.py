@@ -19,10 +19,10 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from lmrec.exit_codes import ExitCode
 from lmrec.features.dataset import load_split
 from lmrec.models.random import RandomRecommender
 from lmrec.models.registry import load_model
-from lmrec.registry.gate import REFUSED_EXIT_CODE
 from lmrec.registry.store import CHAMPION, ROLLED_BACK_TAG, Registry
 from lmrec.stages import embed
 
@@ -123,13 +123,13 @@ def test_gate_refuses_worse_candidates_promotes_better_and_rolls_back(ws):
     # 2. A model trained on 5% of the users: refused against the champion.
     ok(lmrec(ws, "train", scarce, "--no-progress"))
     gate, verdict = evaluate_and_gate(ws, scarce)
-    assert gate.returncode == REFUSED_EXIT_CODE, gate.stdout + gate.stderr
+    assert gate.returncode == ExitCode.REFUSED, gate.stdout + gate.stderr
     assert not verdict["passed"] and verdict["champion_version"] == 1
     reasons = failed_reasons(verdict)
     assert any("overall.ndcg@10" in r and "champion v1" in r for r in reasons), reasons
     assert "gate refused" in gate.stdout and "FAIL" in gate.stdout
     refused = lmrec(ws, "register", scarce)
-    assert refused.returncode == REFUSED_EXIT_CODE
+    assert refused.returncode == ExitCode.REFUSED
     assert "refused" in refused.stderr
     assert [v.number for v in registry(ws).versions()] == [1]
     assert champion_number(ws) == 1
@@ -142,14 +142,14 @@ def test_gate_refuses_worse_candidates_promotes_better_and_rolls_back(ws):
     ids = split.items.sort_values("item_idx")["item_id"].astype(str).tolist()
     (model_dir / "item_ids.json").write_text(json.dumps(ids))
     gate, verdict = evaluate_and_gate(ws, scarce)
-    assert gate.returncode == REFUSED_EXIT_CODE
+    assert gate.returncode == ExitCode.REFUSED
     failed = {c["check"] for c in verdict["checks"] if c["status"] == "fail"}
     assert {
         "overall.ndcg@10 value",
         "overall.ndcg@10 vs baselines",
         "overall.ndcg@10 vs champion",
     } <= failed
-    assert lmrec(ws, "register", scarce).returncode == REFUSED_EXIT_CODE
+    assert lmrec(ws, "register", scarce).returncode == ExitCode.REFUSED
     assert champion_number(ws) == 1
 
     # 4. A better model (more epochs): passes and becomes the champion. The champion it

@@ -15,9 +15,9 @@ import pytest
 from pydantic import ValidationError
 
 from lmrec.config import GateCheck, GateParams, LatencyParams
+from lmrec.exit_codes import ExitCode
 from lmrec.io import LmrecError
 from lmrec.registry.gate import (
-    REFUSED_EXIT_CODE,
     CheckResult,
     Reference,
     metric_value,
@@ -376,7 +376,7 @@ def test_a_worse_candidate_is_refused_end_to_end():
     results = run_checks(params, bad, BASELINES, CHAMPION, latency_p95_ms=1.0)
     assert not passed(results)
     assert [r.status for r in results] == ["pass", "fail", "fail", "pass", "pass"]
-    assert REFUSED_EXIT_CODE == 4
+    assert ExitCode.REFUSED == 4
     assert results[1].to_dict() == {
         "check": results[1].check,
         "status": "fail",

@@ -17,11 +17,10 @@ from typer.testing import CliRunner
 from lmrec.cli import app
 from lmrec.config import MonitorParams
 from lmrec.data.contract import pseudonymise
+from lmrec.exit_codes import ExitCode
 from lmrec.features.dataset import load_split
 from lmrec.io import DataError
 from lmrec.monitoring.drift import (
-    DRIFTED_EXIT_CODE,
-    STALE_EXIT_CODE,
     check_drift,
     drift_metrics,
     js_distance,
@@ -121,11 +120,11 @@ def test_cli_exit_codes(tmp_path, tiny_split_dir):
     # No model there: score_shift is skipped (whatever this checkout has trained).
     no_model = ["--score-model", str(tmp_path / "no-model")]
     done = runner.invoke(app, [*args, *no_model, "--out", str(tmp_path / "m")])
-    assert done.exit_code == DRIFTED_EXIT_CODE, done.output
+    assert done.exit_code == ExitCode.DRIFTED, done.output
     assert "drift detected" in done.output and "catalog_churn" in done.output
     assert "score_shift: skipped, no model at" in done.output
     report = json.loads((tmp_path / "m" / "drift.json").read_text())
-    assert report["drifted"] and report["exit_code"] == DRIFTED_EXIT_CODE
+    assert report["drifted"] and report["exit_code"] == ExitCode.DRIFTED
     assert "score_shift" not in report["metrics"]
     none = tmp_path / "none.db"
     missing = runner.invoke(app, ["drift", "--split", str(tiny_split_dir), "--feedback", str(none)])
@@ -169,7 +168,7 @@ def test_a_stale_champion_exits_6_unless_the_data_drifted(tmp_path, tiny_split_d
     assert fresh["exit_code"] == 0 and not fresh["stale"]
     assert fresh["model_age"]["version"] == 2
     stale = stage.run(cfg, tiny_split_dir, db, tmp_path / "b", champion=(2, now - 31 * 86_400))
-    assert stale["exit_code"] == STALE_EXIT_CODE and stale["stale"]
+    assert stale["exit_code"] == ExitCode.STALE and stale["stale"]
     written = json.loads((tmp_path / "b" / "drift.json").read_text())
     assert written["model_age"]["age_days"] == pytest.approx(31.0, abs=0.01)
     # drifted as well: exit 5 (the monitor DAG retrains), still reported stale
@@ -181,7 +180,7 @@ def test_a_stale_champion_exits_6_unless_the_data_drifted(tmp_path, tiny_split_d
     both = stage.run(
         cfg, tiny_split_dir, drifted_db, tmp_path / "c", champion=(2, now - 31 * 86_400)
     )
-    assert both["drifted"] and both["stale"] and both["exit_code"] == DRIFTED_EXIT_CODE
+    assert both["drifted"] and both["stale"] and both["exit_code"] == ExitCode.DRIFTED
 
 
 def test_cli_reports_the_age_of_the_registry_champion(tmp_path, tiny_split_dir, monkeypatch):

@@ -44,12 +44,6 @@ import pandas as pd
 
 from lmrec.config import MonitorParams
 
-#: Exit code of ``lmrec drift`` when drift is detected (0: no drift).
-DRIFTED_EXIT_CODE = 5
-#: Exit code of ``lmrec drift`` when the champion is older than ``monitor.max_model_age_days``
-#: and the data has not drifted (drift, 5, wins: it triggers the retrain).
-STALE_EXIT_CODE = 6
-
 #: metric name -> the ``monitor`` params field holding its threshold.
 THRESHOLDS = {
     "unseen_user_rate": "max_unseen_user_rate",

@@ -26,7 +26,7 @@ Offline against online: each version's CTR (its variants pooled) beside its offl
 NDCG@10. A pair of versions where NDCG@10 ranks one above the other but the other's CTR is
 significantly higher (the same z-test, at ``alpha``, both with ``min_impressions``) is a
 disagreement; any disagreement is an alarm (``lmrec online-report`` exits
-``DISAGREEMENT_EXIT_CODE`` unless ``alarm_on_disagreement`` is off): the offline protocol
+``ExitCode.DISAGREEMENT`` unless ``alarm_on_disagreement`` is off): the offline protocol
 that gates every candidate no longer predicts what users do. An insignificant inversion
 only shows in ``same_order``.
 """
@@ -43,9 +43,6 @@ import pandas as pd
 from lmrec.config import OnlineParams
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-#: Exit code of ``lmrec online-report`` when offline NDCG@10 and online CTR disagree
-#: significantly on two versions (after drift's 5 and staleness's 6).
-DISAGREEMENT_EXIT_CODE = 7
 IMPRESSION_COLUMNS = ("request_id", "model_version", "variant", "item_id", "timestamp")
 EVENT_COLUMNS = ("request_id", "item_id", "event")
 

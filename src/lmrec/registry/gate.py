@@ -16,10 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lmrec.config import GateCheck, GateParams
+from lmrec.exit_codes import ExitCode
 from lmrec.io import DataError, LmrecError
-
-#: Exit code of ``lmrec gate`` (and ``lmrec refit``, ``lmrec register``) on a refusal.
-REFUSED_EXIT_CODE = 4
 
 Status = Literal["pass", "fail", "skip"]
 
@@ -216,7 +214,7 @@ def passed(results: list[CheckResult]) -> bool:
 class GateRefused(LmrecError):
     """The gate refused the candidate: nothing after the gate runs (exit code 4)."""
 
-    exit_code = REFUSED_EXIT_CODE
+    exit_code = ExitCode.REFUSED
 
 
 def require_pass(

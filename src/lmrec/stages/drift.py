@@ -28,12 +28,11 @@ import numpy as np
 import pandas as pd
 
 from lmrec.config import MonitorParams
+from lmrec.exit_codes import ExitCode
 from lmrec.features.dataset import SplitData, load_split
 from lmrec.io import DataError, write_json
 from lmrec.models.base import Recommender
 from lmrec.monitoring.drift import (
-    DRIFTED_EXIT_CODE,
-    STALE_EXIT_CODE,
     check_drift,
     model_age,
     rank_percentiles,
@@ -260,7 +259,9 @@ def run(
         )
     report = check_drift(cfg, split.user_ids, split.items, events, now, scored, notes)
     age = model_age(*(champion or (None, None)), now, cfg.max_model_age_days)
-    exit_code = DRIFTED_EXIT_CODE if report["drifted"] else STALE_EXIT_CODE if age["stale"] else 0
+    exit_code = (
+        ExitCode.DRIFTED if report["drifted"] else ExitCode.STALE if age["stale"] else ExitCode.OK
+    )
     report = {
         **report,
         "split": str(split_dir),
@@ -268,7 +269,7 @@ def run(
         "score_model": _score_model_name(cfg, champion_label),
         "model_age": age,
         "stale": age["stale"],
-        "exit_code": exit_code,
+        "exit_code": int(exit_code),
     }
     write_json(out_dir / DRIFT_FILE, report)
     return report

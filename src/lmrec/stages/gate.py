@@ -13,7 +13,7 @@ calls) on a serving bundle of the candidate built as ``lmrec package`` builds on
 ``serve`` params: the served model is the candidate's recipe refit on every event, which
 does not exist yet at the gate, but has the same network, catalog and serving settings.
 
-``lmrec gate`` exits 0 when the candidate passes and ``REFUSED_EXIT_CODE`` (4) when it is
+``lmrec gate`` exits 0 when the candidate passes and ``ExitCode.REFUSED`` (4) when it is
 refused, so ``dvc repro`` stops before register and Airflow can tell a refusal from a crash.
 """
 
@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from lmrec.config import LatencyParams, Params, ServeParams
+from lmrec.exit_codes import ExitCode
 from lmrec.features.dataset import SplitData, load_split
 from lmrec.io import DataError, write_json
 from lmrec.registry import gate
@@ -115,7 +116,7 @@ def run(
     ok = gate.passed(results)
     report = {
         "passed": ok,
-        "exit_code": 0 if ok else gate.REFUSED_EXIT_CODE,
+        "exit_code": int(ExitCode.OK if ok else ExitCode.REFUSED),
         "stage": comparison["stage"],
         "candidate_digest": digest,
         "champion_version": champion_info.get("version"),

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from lmrec.config import ValidateParams
+from lmrec.exit_codes import ExitCode
 from lmrec.io import LmrecError, atomic_path, read_table, write_json
 from lmrec.validation.checkpoint import Outcome, run_checkpoint
 from lmrec.validation.suites import build_tables
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 class ValidationFailed(LmrecError):
     """The data broke at least one expectation (exit code 3)."""
 
-    exit_code = 3
+    exit_code = ExitCode.VALIDATION_FAILED
 
 
 def report_markdown(outcome: Outcome) -> str:
