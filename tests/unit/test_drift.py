@@ -6,8 +6,11 @@ The model-based ``score_shift`` metric is tested in test_score_shift.py; here it
 
 from __future__ import annotations
 
+import ast
 import json
+import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -43,6 +46,33 @@ def test_js_distance_bounds():
     assert js_distance([1, 0], [0, 1]) == pytest.approx(1.0)
     assert 0 < js_distance([3, 1], [1, 3]) < 1
     assert js_distance([0, 0], [0, 0]) == 0.0
+    assert js_distance([0, 0], [0, 1]) == 1.0
+    # scipy's square root of a divergence rounded below zero is NaN: proportional is 0.
+    assert js_distance(0.3 * np.array([1, 2, 3]), [1, 2, 3]) == 0.0
+
+
+def hand_js_distance(p, q) -> float:
+    """The formula js_distance computed by hand before scipy: base-2 KL to the midpoint."""
+    p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
+    p, q = p / p.sum(), q / q.sum()
+    m = (p + q) / 2
+
+    def kl(a):
+        nz = a > 0
+        return float(np.sum(a[nz] * np.log2(a[nz] / m[nz])))
+
+    return math.sqrt(max(0.0, (kl(p) + kl(q)) / 2))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_js_distance_equals_the_hand_formula(seed):
+    rng = np.random.default_rng(seed)
+    for trial in range(200):
+        n = int(rng.integers(1, 30))
+        p = rng.integers(0, 50, n) * (rng.random(n) > 0.3)  # counts, some bins empty
+        q = p * int(rng.integers(1, 9)) if trial % 4 == 0 else rng.integers(0, 50, n)
+        if p.sum() and q.sum():
+            assert abs(js_distance(p, q) - hand_js_distance(p, q)) <= 1e-12, (p, q)
 
 
 def test_metrics_on_known_data():
@@ -199,3 +229,18 @@ def test_cli_reports_the_age_of_the_registry_champion(tmp_path, tiny_split_dir, 
     down = runner.invoke(app, [*args, str(tmp_path / "n"), "--score-model", str(tmp_path)])
     assert down.exit_code == 0, down.output
     assert "champion age not judged" in down.output
+
+
+def test_monitoring_never_imports_a_stage():
+    """Stages read inputs and call monitoring; monitoring goes through lmrec.artifacts."""
+    package = Path(__file__).resolve().parents[2] / "src" / "lmrec" / "monitoring"
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            assert not [n for n in names if n.startswith("lmrec.stages")], path.name

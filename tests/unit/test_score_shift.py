@@ -19,6 +19,7 @@ from lmrec.io import DataError
 from lmrec.models.itemknn import ItemKNNParams, ItemKNNRecommender
 from lmrec.models.popularity import PopularityRecommender
 from lmrec.monitoring.drift import check_drift, rank_percentiles, score_shift, verdict
+from lmrec.monitoring.score_shift import live_events, live_sample, reference_sample
 from lmrec.serving.feedback import FeedbackEvent, FeedbackStore
 from lmrec.stages import drift as stage
 
@@ -178,15 +179,15 @@ def test_samples_rank_each_item_given_the_right_history(split, knn, raw_users):
             "item_id": [ids[5], ids[0], ids[1], "not-in-catalog"],
         }
     )
-    users, items = stage.live_events(split, window)
+    users, items = live_events(split, window)
     assert users.tolist() == [3, 7] and items.tolist() == [5, 0]
     scores = [model.score([full_history(split, u)])[0] for u in (3, 7)]
     expected = slow_rank_percentiles(np.stack(scores), items)
-    assert stage.live_sample(model, split, users, items) == pytest.approx(expected)
+    assert live_sample(model, split, users, items) == pytest.approx(expected)
     tested = np.flatnonzero(split.test_items >= 0)
     at_test = model.score([split.history_for(u, "test") for u in tested])
     expected = slow_rank_percentiles(at_test, split.test_items[tested])
-    assert stage.reference_sample(model, split) == pytest.approx(expected)
+    assert reference_sample(model, split) == pytest.approx(expected)
 
 
 def test_users_as_predictable_as_at_test_time_are_not_drift(
@@ -305,8 +306,8 @@ def test_the_served_champion_is_scored_not_the_refused_candidate(
     """``score_model: champion``: the packaged champion's version, downloaded from a real
     MLflow registry, scores the window, whatever ``artifacts/train/model`` holds (after a
     gate refusal, the refused candidate); its catalog is mapped onto the split's."""
+    from lmrec.artifacts import ITEM_IDS_FILE
     from lmrec.registry.store import Registry
-    from lmrec.stages.train import ITEM_IDS_FILE
     from lmrec.train.tracking import Tracker
 
     model, directory = knn

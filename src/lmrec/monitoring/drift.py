@@ -27,11 +27,11 @@ threshold in the ``monitor`` params block:
   drifting away from what the model learned pushes live items down its rankings.
 
 The first four need only the data; ``score_shift`` needs the model (``score_model``) and a
-scoring pass, which the drift stage does (torch stays out of this module) and passes in
-here. It is left out, with a note saying why, when the model is disabled or missing or
-fewer than ``min_events`` window events qualify for its live sample. The verdict is
-``drifted`` when any computed metric exceeds its threshold; with fewer than ``min_events``
-events in the window nothing is judged.
+scoring pass, which ``lmrec.monitoring.score_shift`` does (torch stays out of this module);
+its result is passed in here. It is left out, with a note saying why, when the model is
+disabled or missing or fewer than ``min_events`` window events qualify for its live
+sample. The verdict is ``drifted`` when any computed metric exceeds its threshold; with
+fewer than ``min_events`` events in the window nothing is judged.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
+from scipy.spatial.distance import jensenshannon
 
 from lmrec.config import MonitorParams
 
@@ -62,19 +63,20 @@ def recent_events(events: pd.DataFrame, window_days: float, now: float) -> pd.Da
 
 
 def js_distance(p: np.ndarray, q: np.ndarray) -> float:
-    """Jensen-Shannon distance (base 2: 0 identical, 1 disjoint) of two count vectors."""
+    """Jensen-Shannon distance (base 2: 0 identical, 1 disjoint) of two count vectors.
+
+    ``scipy.spatial.distance.jensenshannon`` normalises the counts; the two cases it
+    leaves undefined are decided here: an empty vector (0 against another empty one, 1
+    against any mass), and NaN from the square root of a divergence that rounding made a
+    hair below zero (proportional vectors such as ``0.3 * [1, 2, 3]`` and ``[1, 2, 3]``).
+    """
     p = np.asarray(p, dtype=np.float64)
     q = np.asarray(q, dtype=np.float64)
     if p.sum() <= 0 or q.sum() <= 0:
         return 0.0 if p.sum() == q.sum() else 1.0
-    p, q = p / p.sum(), q / q.sum()
-    m = (p + q) / 2
-
-    def kl(a: np.ndarray) -> float:
-        nz = a > 0
-        return float(np.sum(a[nz] * np.log2(a[nz] / m[nz])))
-
-    return math.sqrt(max(0.0, (kl(p) + kl(q)) / 2))
+    with np.errstate(invalid="ignore"):
+        distance = float(jensenshannon(p, q, base=2))
+    return 0.0 if math.isnan(distance) else distance
 
 
 def popularity_bins(n_train: np.ndarray, n_bins: int) -> np.ndarray:
@@ -113,6 +115,12 @@ def score_shift(reference: np.ndarray, live: np.ndarray, n_bins: int) -> float:
     over the live share ranked there. 0 when live items rank at least as high as the
     reference (feedback on the model's own top picks is no drift); 1 when every reference
     item ranks above every live item.
+
+    Not ``scipy.stats.ks_2samp(reference, live, alternative="greater")``: that compares
+    the raw samples, a different number (0.700 against 0.670 for ItemKNN on a synthetic
+    120-user split; up to 0.11 apart on random samples), and ``max_score_shift`` was set on the
+    binned one. Fed the bin indices it equals this, but needs the same binning first and
+    computes a p-value nobody reads (6.1 ms against 0.5 ms for 6,000 x 20,000 samples).
     """
     bins = np.linspace(0.0, 1.0, n_bins + 1)
     ref_counts, _ = np.histogram(np.clip(reference, 0.0, 1.0), bins=bins)

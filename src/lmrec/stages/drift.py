@@ -7,7 +7,7 @@ DAG runs it daily through ``lmrec drift`` and triggers a retrain when it reports
      "thresholds": {...}, "notes": [...], "n_events": ..., "window": {...},
      "score_model": str | null, "model_age": {...}, "stale": bool, "exit_code": 0 | 5 | 6}
 
-``score_shift`` (see ``lmrec.monitoring.drift``) scores histories with the model at
+``score_shift`` (``lmrec.monitoring.score_shift``) scores histories with the model at
 ``monitor.score_model``; ``notes`` says why it is missing from ``metrics`` when it is. Its
 default, ``champion``, is the model users get: the packaged champion's version
 (``artifacts/package/package.json``; the registry's champion before anything is packaged),
@@ -24,28 +24,16 @@ import sqlite3
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from lmrec.artifacts import DRIFT_FILE, PACKAGE_FILE, SPLIT_SUMMARY_FILE
 from lmrec.config import MonitorParams
 from lmrec.exit_codes import ExitCode
-from lmrec.features.dataset import SplitData, load_split
+from lmrec.features.dataset import load_split
 from lmrec.io import DataError, write_json
-from lmrec.models.base import Recommender
-from lmrec.monitoring.drift import (
-    check_drift,
-    model_age,
-    rank_percentiles,
-    recent_events,
-    score_shift,
-)
+from lmrec.monitoring.drift import check_drift, model_age, recent_events
+from lmrec.monitoring.score_shift import CHAMPION_MODEL, model_score_shift
 from lmrec.serving.feedback import FeedbackStore
-
-DRIFT_FILE = "drift.json"
-#: ``monitor.score_model`` naming the served champion (``champion_model``).
-CHAMPION_MODEL = "champion"
-#: Histories scored per model call (bounds memory to [SCORE_BATCH, n_items] scores).
-SCORE_BATCH = 256
 
 
 def read_feedback(db: Path) -> pd.DataFrame:
@@ -63,62 +51,6 @@ def read_feedback(db: Path) -> pd.DataFrame:
         raise DataError(f"{db}: cannot be read as a feedback log: {err}") from err
 
 
-def percentiles(
-    model: Recommender, histories: list[np.ndarray], rows: np.ndarray, items: np.ndarray
-) -> np.ndarray:
-    """Rank percentile of ``items[k]`` given ``histories[rows[k]]``, each history scored once.
-
-    Args:
-        model: a fitted recommender.
-        histories: item-index histories, scored ``SCORE_BATCH`` at a time.
-        rows: per event, the index of its history in ``histories``.
-        items: per event, the item index whose rank is wanted.
-    """
-    out = np.empty(len(items), dtype=np.float64)
-    for start in range(0, len(histories), SCORE_BATCH):
-        scores = model.score(histories[start : start + SCORE_BATCH], allow_nonfinite=True)
-        mine = np.flatnonzero((rows >= start) & (rows < start + SCORE_BATCH))
-        for lo in range(0, len(mine), SCORE_BATCH):
-            chunk = mine[lo : lo + SCORE_BATCH]
-            out[chunk] = rank_percentiles(scores[rows[chunk] - start], items[chunk])
-    return out
-
-
-def live_events(split: SplitData, window: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(user index, item index) of the window's events by split users on catalog items.
-
-    Args:
-        split: the monitored split.
-        window: the window's events (pseudonymised ``user_id``, ``item_id``).
-    """
-    user_index = pd.Series(np.arange(split.n_users), index=split.user_ids)
-    item_index = pd.Series(split.items["item_idx"].to_numpy(), index=split.items["item_id"])
-    users = window["user_id"].map(user_index).to_numpy(dtype=np.float64)
-    items = window["item_id"].map(item_index).to_numpy(dtype=np.float64)
-    known = ~np.isnan(users) & ~np.isnan(items)
-    return users[known].astype(np.int64), items[known].astype(np.int64)
-
-
-def reference_sample(model: Recommender, split: SplitData) -> np.ndarray:
-    """Rank percentile of each user's test item given the user's test-time history."""
-    tested = np.flatnonzero(split.test_items >= 0)
-    histories = [split.history_for(int(u), "test") for u in tested]
-    return percentiles(model, histories, np.arange(len(tested)), split.test_items[tested])
-
-
-def live_sample(
-    model: Recommender, split: SplitData, users: np.ndarray, items: np.ndarray
-) -> np.ndarray:
-    """Rank percentile of each event's item given everything the split knows about its
-    user: the test-time history followed by the test item (when the user has one)."""
-    distinct, rows = np.unique(users, return_inverse=True)
-    histories = []
-    for u in distinct:
-        hist, test = split.history_for(int(u), "test"), split.test_items[u]
-        histories.append(np.append(hist, test) if test >= 0 else hist)
-    return percentiles(model, histories, rows, items)
-
-
 def champion_model(
     registry_uri: str, model_name: str, package_dir: Path, dst: Path
 ) -> tuple[Path | None, str]:
@@ -133,7 +65,6 @@ def champion_model(
     """
     from lmrec.io import LmrecError
     from lmrec.registry.store import CHAMPION, Registry, store_exists
-    from lmrec.stages.package import PACKAGE_FILE
 
     if not store_exists(registry_uri):
         return None, f"no registry at {registry_uri}"
@@ -152,75 +83,6 @@ def champion_model(
         return registry.download(int(number), dst), f"champion v{number}"
     except LmrecError as err:
         return None, f"the champion could not be read from the registry: {err}"
-
-
-def model_score_shift(
-    cfg: MonitorParams,
-    split: SplitData,
-    split_dir: Path,
-    window: pd.DataFrame,
-    champion_dir: Path | None = None,
-    champion_label: str = "",
-) -> tuple[dict[str, float], list[str]]:
-    """({"score_shift": value} or {}, notes saying why it was left out).
-
-    Args:
-        champion_dir: with ``monitor.score_model: champion``, the champion's downloaded
-            model (``champion_model``), scored through the split's catalog (it may have
-            been trained on an earlier one); None: ``champion_label`` says why not.
-
-    Raises:
-        DataError: a ``score_model`` path scores another catalog than the split's.
-        ModelLoadError: the model directory is not a saved model.
-    """
-    if cfg.score_model is None:
-        return {}, ["score_shift: off (monitor.score_model is null)"]
-    from lmrec.models.registry import load_model  # torch: only when a model is scored
-    from lmrec.stages.train import ITEM_IDS_FILE
-
-    if cfg.score_model == CHAMPION_MODEL:
-        if champion_dir is None:
-            return {}, [f"score_shift: skipped, {champion_label or 'no champion'}"]
-        from lmrec.evaluation.scorers import CatalogScorer
-
-        model = load_model(champion_dir)
-        model_ids = [str(i) for i in json.loads((champion_dir / ITEM_IDS_FILE).read_text())]
-        model = CatalogScorer(model, model_ids, split.items["item_id"].astype(str))
-        return _shift(cfg, split, window, model)
-    path = Path(cfg.score_model).resolve()
-    if not path.is_dir():
-        return {}, [f"score_shift: skipped, no model at {path} (train first)"]
-    model = load_model(path)
-    if model.n_items != split.n_items:
-        raise DataError(
-            f"{path}: the model scores {model.n_items} items but the split {split_dir} has "
-            f"{split.n_items}; monitor.score_model must be trained on the monitored split"
-        )
-    ids_file = path / ITEM_IDS_FILE
-    if ids_file.is_file():  # as the train stage writes it: the split's item ids by index
-        split_ids = split.items["item_id"].astype(str).tolist()
-        model_ids = [str(i) for i in json.loads(ids_file.read_text())]
-        if model_ids != split_ids:
-            raise DataError(
-                f"{ids_file}: the model's catalog differs from the split {split_dir}'s "
-                "(same size, other items or order); monitor.score_model must be trained "
-                "on the monitored split"
-            )
-    return _shift(cfg, split, window, model)
-
-
-def _shift(cfg: MonitorParams, split: SplitData, window: pd.DataFrame, model) -> tuple:
-    users, items = live_events(split, window)
-    if len(users) < cfg.min_events:
-        return {}, [
-            f"score_shift: skipped, only {len(users)} window event(s) by split users on "
-            f"catalog items (min_events {cfg.min_events})"
-        ]
-    reference = reference_sample(model, split)
-    if not len(reference):
-        return {}, ["score_shift: skipped, the split has no test items"]
-    live = live_sample(model, split, users, items)
-    return {"score_shift": score_shift(reference, live, cfg.score_bins)}, []
 
 
 def run(
@@ -246,7 +108,7 @@ def run(
             ``score_model`` does not match the split's catalog.
         ModelLoadError: ``score_model`` exists but is not a saved model.
     """
-    if not (split_dir / "summary.json").is_file():
+    if not (split_dir / SPLIT_SUMMARY_FILE).is_file():
         raise DataError(f"{split_dir}: not a preprocess split (run `lmrec preprocess` first)")
     split = load_split(split_dir)
     events = read_feedback(feedback_db)  # user ids as the split has them: pseudonymised
