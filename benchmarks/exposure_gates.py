@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workspace", type=Path, required=True, help="has artifacts/")
     parser.add_argument("--models", type=Path, nargs="+", required=True)
     args = parser.parse_args(argv)
+    from lmrec.artifacts import load_embeddings
     from lmrec.models.registry import load_model
-    from lmrec.stages.embed import load_embeddings
 
     torch.set_num_threads(2)
     split = load_split(args.workspace / "artifacts/preprocess")

@@ -23,6 +23,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from lmrec.artifacts import load_embeddings  # noqa: E402
 from lmrec.config import (  # noqa: E402
     EarlyStoppingParams,
     PreprocessParams,
@@ -33,9 +34,23 @@ from lmrec.data import synthetic  # noqa: E402
 from lmrec.evaluation.protocol import evaluate_protocol  # noqa: E402
 from lmrec.features.dataset import load_split  # noqa: E402
 from lmrec.stages import preprocess  # noqa: E402
-from lmrec.stages.embed import load_embeddings  # noqa: E402
 from lmrec.text.encoder import TextEncoder  # noqa: E402
 from lmrec.train.trainer import train_sequential  # noqa: E402
+
+#: The SequentialParams defaults that the runs of results/gpu_check.json were made with (a
+#: run's ``sequential`` lists what it changed): a row reruns as recorded.
+RECORDED_DEFAULTS = {
+    "dim": 64,
+    "layers": 2,
+    "id_dropout": 0.3,
+    "epochs": 30,
+    "batch_size": 128,
+    "lr": 1.0e-3,
+    "weight_decay": 0.0,
+    "lr_schedule": "constant",
+    "window_jitter": False,
+    "label_smoothing": 0.0,
+}
 
 
 def one_run(
@@ -44,7 +59,7 @@ def one_run(
     cfg = TrainParams(
         seed=seed,
         device="cuda",
-        sequential=sequential,
+        sequential={**RECORDED_DEFAULTS, **sequential},
         early_stopping=EarlyStoppingParams(patience=patience),
     )
     torch.cuda.synchronize()

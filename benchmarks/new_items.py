@@ -119,7 +119,9 @@ def train_lmrec(split, embeddings, params, seed: int, recipe: dict[str, Any]):
     (``train.sequential`` overrides: the ID-dropout rate)."""
     from lmrec.train.trainer import train_sequential
 
-    sequential = {**params.train.sequential, **recipe}
+    sequential = params.train.sequential.model_validate(
+        {**params.train.sequential.model_dump(), **recipe}
+    )
     cfg = params.train.model_copy(update={"seed": seed, "sequential": sequential})
     with tempfile.TemporaryDirectory(prefix="lmrec-newitems-") as tmp:
         return train_sequential(split, embeddings, cfg, Path(tmp), progress=False)
@@ -213,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from lmrec.stages.embed import load_embeddings
+    from lmrec.artifacts import load_embeddings
 
     split = load_split(args.workspace / "artifacts/preprocess")
     embeddings, _ = load_embeddings(args.workspace / "artifacts/embed")

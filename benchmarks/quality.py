@@ -41,10 +41,10 @@ sys.path.insert(0, str(REPO))
 from benchmarks.new_items import SETTINGS, tradeoff, unit_text  # noqa: E402
 from benchmarks.peers import PEER_MODULES, evaluate_peer, get_peer  # noqa: E402
 
+from lmrec.artifacts import load_embeddings  # noqa: E402
 from lmrec.config import load_params  # noqa: E402
 from lmrec.evaluation.protocol import evaluate_protocol  # noqa: E402
 from lmrec.features.dataset import load_split  # noqa: E402
-from lmrec.stages.embed import load_embeddings  # noqa: E402
 from lmrec.train.trainer import train_baselines, train_sequential  # noqa: E402
 
 SEQUENTIAL_PEERS = ("recbole-sasrec", "recbole-gru4rec")
@@ -116,7 +116,8 @@ def saved_fits(paths: list[Path], params) -> list[SimpleNamespace]:
     """
     from lmrec.models.registry import load_model
 
-    want = {k: v for k, v in params.train.sequential.items() if k != "seed"}
+    recipe = params.train.sequential.model_dump().items()
+    want = {k: v for k, v in recipe if k not in ("seed", "device")}
     fits = []
     for path in paths:
         model = load_model(path)

@@ -68,9 +68,22 @@ TARGETS = {"throughput_ratio_min": 0.8, "p99_ratio_max": 1.5, "errors_max": 0}
 CHECK_RATE = 100.0
 READY_TIMEOUT_S = 900.0  # the 100k scenario builds its HNSW index before /readyz says yes
 HEADERS = {"content-type": "application/json"}
-#: The 100k catalog: sizes, and the small 1-epoch model trained on it (sampled softmax).
+#: The 100k catalog: sizes, and the small 1-epoch model trained on it (sampled softmax);
+#: the recipe from id_dropout on is the SequentialParams defaults it was first built with.
 SYNTHETIC = {"n_users": 10_000, "n_items": 100_000, "n_interactions": 200_000, "seed": 7}
-SYNTHETIC_MODEL = {"dim": 32, "heads": 2, "layers": 2, "epochs": 1, "batch_size": 128}
+SYNTHETIC_MODEL = {
+    "dim": 32,
+    "heads": 2,
+    "layers": 2,
+    "epochs": 1,
+    "batch_size": 128,
+    "id_dropout": 0.3,
+    "lr": 1.0e-3,
+    "weight_decay": 0.0,
+    "lr_schedule": "constant",
+    "window_jitter": False,
+    "label_smoothing": 0.0,
+}
 STAND_IN_NOTE = (
     "item text embeddings of the 100k catalog are random unit vectors (384-d, seeded), "
     "not MiniLM's: encoding 100k texts takes 15-40 min on these 2 cores "
@@ -144,6 +157,7 @@ def build_synthetic(root: Path, embeddings: str, log) -> None:
     import torch
     from safetensors.numpy import save_file
 
+    from lmrec import artifacts
     from lmrec.config import EmbedParams, PreprocessParams, SyntheticParams, TrainParams
     from lmrec.data.synthetic import generate
     from lmrec.features.dataset import load_split
@@ -171,11 +185,11 @@ def build_synthetic(root: Path, embeddings: str, log) -> None:
             vectors = np.random.default_rng(0).standard_normal((summary["items"], 384))
             vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
             embed_dir.mkdir()
-            save_file({"embeddings": vectors}, str(embed_dir / embed.EMBEDDINGS_FILE))
+            save_file({"embeddings": vectors}, str(embed_dir / artifacts.EMBEDDINGS_FILE))
             meta = {"encoder": "stand-in: random unit vectors", "dim": 384, "n_items": len(vectors)}
-            write_json(embed_dir / embed.META_FILE, meta)
+            write_json(embed_dir / artifacts.ENCODER_FILE, meta)
         split = load_split(split_dir)
-        text, _ = embed.load_embeddings(embed_dir)
+        text, _ = artifacts.load_embeddings(embed_dir)
         cfg = TrainParams(seed=0, device="cpu", sequential=SYNTHETIC_MODEL)
         result = train_sequential(split, text, cfg, work / "checkpoints", progress=False)
         model_dir = work / "model"

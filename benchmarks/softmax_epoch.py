@@ -28,14 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmrec.config import load_params
+from lmrec.artifacts import load_embeddings
+from lmrec.config import SequentialParams, load_params
 from lmrec.features.dataset import load_split
-from lmrec.models.base import params_from_dict
 from lmrec.models.sequential_loss import NextItemObjective
 from lmrec.models.sequential_net import BOS, N_SPECIAL, SequentialNet
-from lmrec.models.sequential_params import SequentialParams
 from lmrec.models.sequential_windows import StreamedWindows
-from lmrec.stages.embed import load_embeddings
 
 
 def _objective(
@@ -128,7 +126,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     cfg = load_params(args.params).train
-    p = params_from_dict(SequentialParams, {**cfg.sequential, "device": "cpu"})
+    p = cfg.sequential.model_copy(update={"device": "cpu"})
     if args.split is not None:
         print(json.dumps(split_step_ms(p, args.split, args.embed, args.steps)), flush=True)
         return

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
+from lmrec.artifacts import load_embeddings
 from lmrec.config import load_params
 from lmrec.features.dataset import load_split
-from lmrec.stages.embed import load_embeddings
 from lmrec.train.trainer import train_sequential
 
 
@@ -49,7 +49,7 @@ def main() -> None:
         if args.only not in (None, name):
             continue
         run_cfg = cfg.model_copy(
-            update={"sequential": {**cfg.sequential, **override}, "device": "cpu"}
+            update={"sequential": cfg.sequential.model_copy(update=override), "device": "cpu"}
         )
         with tempfile.TemporaryDirectory() as checkpoints:
             result = train_sequential(split, embeddings, run_cfg, checkpoints)

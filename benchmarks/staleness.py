@@ -86,9 +86,9 @@ def fit_at(
     cutoff: float, events: pd.DataFrame, data: Path, params_path: Path, work: Path, seed: int
 ):
     """The model of the events up to ``cutoff``: preprocess, embed and train as the stages do."""
+    from lmrec.artifacts import load_embeddings
     from lmrec.stages import embed as embed_stage
     from lmrec.stages import preprocess
-    from lmrec.stages.embed import load_embeddings
     from lmrec.train.trainer import train_sequential
 
     params = load_params(params_path)

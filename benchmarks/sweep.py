@@ -27,18 +27,22 @@ sys.path.insert(0, str(REPO / "src"))
 def _run(job: dict) -> dict:
     import torch
 
+    from lmrec.artifacts import load_embeddings
     from lmrec.config import load_params
     from lmrec.evaluation.protocol import evaluate_protocol
     from lmrec.features.dataset import load_split
-    from lmrec.stages.embed import load_embeddings
     from lmrec.train.trainer import train_sequential
 
     torch.set_num_threads(job["threads"])
     params = load_params(REPO / "params.yaml")
-    sequential = {**params.train.sequential, **job["overrides"]}
+    sequential = {**params.train.sequential.model_dump(), **job["overrides"]}
     use_text = not sequential.pop("no_text", False)
     cfg = params.train.model_copy(
-        update={"seed": job["seed"], "device": job["device"], "sequential": sequential}
+        update={
+            "seed": job["seed"],
+            "device": job["device"],
+            "sequential": params.train.sequential.model_validate(sequential),
+        }
     )
     split = load_split(Path(job["split"]))
     embeddings = load_embeddings(Path(job["embeddings"]))[0] if use_text else None

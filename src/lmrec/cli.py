@@ -755,6 +755,7 @@ def online_report(
     """
     import os
 
+    from lmrec import artifacts
     from lmrec.config import load_params
     from lmrec.stages import online as stage
     from lmrec.train.tracking import tracking_uri
@@ -778,7 +779,7 @@ def online_report(
     test = report["test"]
     verdict = f"{test['verdict']}: {test['reason']}" if test["verdict"] else test["reason"]
     typer.secho(verdict, bold=True)  # a reason without a verdict says why it is not judged
-    typer.echo(f"report: {out / stage.ONLINE_FILE}, {out / stage.ONLINE_PLOT}")
+    typer.echo(f"report: {out / artifacts.ONLINE_FILE}, {out / artifacts.ONLINE_PLOT}")
     for pair in report["agreement"]["disagreements"]:
         a, b = pair["better_offline"], pair["better_online"]
         (ndcg_a, ndcg_b), (ctr_a, ctr_b) = pair["offline_ndcg@10"], pair["ctr"]

@@ -50,6 +50,8 @@ PYFUNC = (
     "numpy",
     "pandas",
     "peft",
+    "pydantic",
+    "pyyaml",
     "safetensors",
     "scipy",
     "torch",

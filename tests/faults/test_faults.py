@@ -437,7 +437,7 @@ def _killed_repro(ws: Path, kill_when: Callable[[list[str], OutputWatcher], bool
     return "".join(lines)
 
 
-#: what every saved model directory holds (``lmrec.train.layout.write_model_dir``)
+#: what every saved model directory holds (``lmrec.artifacts.write_model_dir``)
 MODEL_FILES = {"config.json", "item_ids.json"}
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from lmrec import artifacts
 from lmrec.cli import app
 from lmrec.config import EmbedParams
 from lmrec.features.dataset import load_split
@@ -59,7 +60,7 @@ def test_stage_writes_embeddings_and_encoder_record_deterministically(split_dir,
         "encoder.json",
         "item_embeddings.safetensors",
     ]
-    vectors, meta = embed.load_embeddings(tmp_path / "a")
+    vectors, meta = artifacts.load_embeddings(tmp_path / "a")
     assert vectors.shape == (80, 384) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert meta["encoder"] == "all-MiniLM-L6-v2" and meta["dim"] == 384
@@ -71,7 +72,7 @@ def test_stage_writes_embeddings_and_encoder_record_deterministically(split_dir,
     for name in ("item_embeddings.safetensors", "encoder.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     embed.run(EmbedParams(batch_size=64), split_dir, tmp_path / "c", progress=False)
-    np.testing.assert_allclose(embed.load_embeddings(tmp_path / "c")[0], vectors, atol=1e-5)
+    np.testing.assert_allclose(artifacts.load_embeddings(tmp_path / "c")[0], vectors, atol=1e-5)
 
 
 def test_a_local_encoder_directory_works_and_is_recorded(split_dir, tiny_encoder_dir, tmp_path):
@@ -79,7 +80,7 @@ def test_a_local_encoder_directory_works_and_is_recorded(split_dir, tiny_encoder
         EmbedParams(encoder=str(tiny_encoder_dir)), split_dir, tmp_path / "out", progress=False
     )
     assert summary["dim"] == 32
-    vectors, meta = embed.load_embeddings(tmp_path / "out")
+    vectors, meta = artifacts.load_embeddings(tmp_path / "out")
     assert vectors.shape == (80, 32)
     assert meta["encoder"] == str(tiny_encoder_dir)
     assert meta["weights_sha256"] != weights_sha256(resolve_encoder("default"))
@@ -182,21 +183,21 @@ def test_a_catalog_grown_by_one_percent_encodes_one_percent(
     second = embed.run(cfg, _catalog(tmp_path, "grown", grown), tmp_path / "e2", progress=False)
     assert (second["encoded"], second["cached"], sum(encoded_texts)) == (4, 400, 4)
     # Every old text keeps its very vector; the whole equals a cold run within float rounding.
-    warm, meta = embed.load_embeddings(tmp_path / "e2")
-    before = dict(zip(old, embed.load_embeddings(tmp_path / "e1")[0], strict=True))
+    warm, meta = artifacts.load_embeddings(tmp_path / "e2")
+    before = dict(zip(old, artifacts.load_embeddings(tmp_path / "e1")[0], strict=True))
     for text, vector in zip(grown, warm, strict=True):
         if text in before:
             assert vector.tobytes() == before[text].tobytes()
     cold_cfg = cfg.model_copy(update={"cache_dir": None})
     embed.run(cold_cfg, tmp_path / "grown", tmp_path / "cold", progress=False)
-    cold, cold_meta = embed.load_embeddings(tmp_path / "cold")
+    cold, cold_meta = artifacts.load_embeddings(tmp_path / "cold")
     np.testing.assert_allclose(warm, cold, atol=1e-5, rtol=0)
     assert meta == cold_meta  # the record does not depend on the cache
     # Nothing new: nothing encoded, the same bytes again.
     encoded_texts.clear()
     third = embed.run(cfg, tmp_path / "grown", tmp_path / "e3", progress=False)
     assert (third["encoded"], sum(encoded_texts)) == (0, 0)
-    for name in (embed.EMBEDDINGS_FILE, embed.META_FILE):
+    for name in (artifacts.EMBEDDINGS_FILE, artifacts.ENCODER_FILE):
         assert (tmp_path / "e2" / name).read_bytes() == (tmp_path / "e3" / name).read_bytes()
 
 
@@ -223,8 +224,8 @@ def test_a_killed_run_resumes_from_its_last_whole_shard(tiny_encoder_dir, tmp_pa
     cold_cfg = cfg.model_copy(update={"cache_dir": None})
     embed.run(cold_cfg, split, tmp_path / "cold", progress=False)
     np.testing.assert_allclose(
-        embed.load_embeddings(tmp_path / "out")[0],
-        embed.load_embeddings(tmp_path / "cold")[0],
+        artifacts.load_embeddings(tmp_path / "out")[0],
+        artifacts.load_embeddings(tmp_path / "cold")[0],
         atol=1e-5,
         rtol=0,
     )
@@ -245,7 +246,7 @@ def test_token_length_batches_match_the_old_character_length_batches(split_dir, 
     """The embed stage before token-length batching sorted texts by characters, longest
     first, in batches of 64; the vectors agree within float rounding."""
     embed.run(EmbedParams(), split_dir, tmp_path / "new", progress=False)
-    new = embed.load_embeddings(tmp_path / "new")[0]
+    new = artifacts.load_embeddings(tmp_path / "new")[0]
     texts = load_split(split_dir).item_texts()
     encoder = TextEncoder()
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))

@@ -16,15 +16,14 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from lmrec.artifacts import COMPARISON_FILE, EMBEDDINGS_FILE, write_model_dir
+from lmrec.artifacts import ENCODER_FILE as META_FILE
 from lmrec.features.dataset import load_split
 from lmrec.models.base import Recommender
 from lmrec.models.popularity import PopularityRecommender
 from lmrec.registry.store import model_digest
 from lmrec.serving.engine import Engine
 from lmrec.stages import gate as gate_stage
-from lmrec.stages.embed import EMBEDDINGS_FILE, META_FILE
-from lmrec.stages.evaluate import COMPARISON_FILE
-from lmrec.train.layout import write_model_dir
 
 
 @pytest.fixture()

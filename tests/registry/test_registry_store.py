@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lmrec.artifacts import ITEM_IDS_FILE
 from lmrec.features.dataset import SplitData
 from lmrec.io import LmrecError
 from lmrec.models.base import Recommender
@@ -43,7 +44,6 @@ from lmrec.registry.store import (
     lmrec_model_dir,
     model_digest,
 )
-from lmrec.stages.train import ITEM_IDS_FILE
 from lmrec.train.tracking import Tracker
 
 N_ITEMS = 12

@@ -251,6 +251,7 @@ def bundles(tmp_path_factory, tiny_split_dir, tiny_params) -> Bundles:
     """A champion (sequential, "7") and a challenger (popularity, "8") bundle."""
     import torch
 
+    from lmrec import artifacts
     from lmrec.features.dataset import load_split
     from lmrec.models.popularity import PopularityRecommender
     from lmrec.serving.bundle import build_bundle
@@ -262,10 +263,10 @@ def bundles(tmp_path_factory, tiny_split_dir, tiny_params) -> Bundles:
     embed_dir = root / "embed"
     embed.run(tiny_params.embed, tiny_split_dir, embed_dir, False)
     split = load_split(tiny_split_dir)
-    embeddings, _ = embed.load_embeddings(embed_dir)
+    embeddings, _ = artifacts.load_embeddings(embed_dir)
     item_ids = split.items.sort_values("item_idx")["item_id"].astype(str).tolist()
     cfg = tiny_params.train.model_copy(
-        update={"sequential": {**tiny_params.train.sequential, "epochs": 2}}
+        update={"sequential": tiny_params.train.sequential.model_copy(update={"epochs": 2})}
     )
     model = train_sequential(split, embeddings, cfg, root / "ckpt").model
     popularity = PopularityRecommender().fit(split)

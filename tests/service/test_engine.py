@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from lmrec import artifacts
 from lmrec.config import ExposureParams, ServeParams
 from lmrec.features.dataset import load_split
 from lmrec.models.popularity import PopularityRecommender
@@ -40,7 +41,7 @@ def tiny(tmp_path_factory, tiny_split_dir, tiny_params):
     embed_dir = root / "embed"
     embed.run(tiny_params.embed, tiny_split_dir, embed_dir, False)
     split = load_split(tiny_split_dir)
-    emb, _ = embed.load_embeddings(embed_dir)
+    emb, _ = artifacts.load_embeddings(embed_dir)
     result = train_sequential(split, emb, tiny_params.train, root / "ckpt")
     ids = split.items.sort_values("item_idx")["item_id"].astype(str).tolist()
     model_dir = save_with_ids(result.model, root / "model", ids)

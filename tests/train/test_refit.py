@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
+from lmrec.artifacts import TRAINING_FILE, chosen_epochs
 from lmrec.config import TrainParams
 from lmrec.features import split as splitting
 from lmrec.features.dataset import load_split, write_all_events
 from lmrec.io import DataError, LmrecError
-from lmrec.train.layout import TRAINING_FILE, chosen_epochs
 from lmrec.train.refit import check_epochs, refit_sequential
 from lmrec.train.trainer import train_sequential
 
@@ -103,7 +103,20 @@ def test_refit_on_the_candidates_data_reproduces_the_candidate(tiny_split_dir, t
     text = np.random.default_rng(0).normal(size=(split.n_items, 8)).astype(np.float32)
     cfg = TrainParams(
         device="cpu",
-        sequential={"epochs": 6, "dim": 16, "layers": 1, "heads": 2, "lr": 0.02},
+        sequential={
+            "epochs": 6,
+            "dim": 16,
+            "layers": 1,
+            "heads": 2,
+            "lr": 0.02,
+            # the rest: the SequentialParams defaults this test was written with
+            "batch_size": 128,
+            "id_dropout": 0.3,
+            "weight_decay": 0.0,
+            "lr_schedule": "constant",
+            "window_jitter": False,
+            "label_smoothing": 0.0,
+        },
         early_stopping={"metric": "ndcg@10", "patience": 2, "min_delta": 0.0},
     )
     candidate = train_sequential(split, text, cfg, tmp_path / "ckpt")

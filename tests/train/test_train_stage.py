@@ -25,6 +25,7 @@ import pytest
 import torch
 import yaml
 
+from lmrec import artifacts
 from lmrec.models.registry import load_model
 from lmrec.stages import embed
 
@@ -222,7 +223,7 @@ def test_lora_finetuning_changes_item_embeddings_and_saves_the_adapter(workspace
     model_dir = workspace / "out-lora" / "model"
     assert (model_dir / "encoder_adapter" / "adapter_model.safetensors").is_file()
     model = load_model(model_dir)
-    frozen, _ = embed.load_embeddings(workspace / "artifacts/embed")
+    frozen, _ = artifacts.load_embeddings(workspace / "artifacts/embed")
     assert model.item_embeddings.shape == frozen.shape
     assert not np.allclose(model.item_embeddings, frozen, atol=1e-4)  # the encoder moved
     assert np.isfinite(model.score([np.array([0, 1])])).all()

@@ -83,7 +83,8 @@ def _parsed(path: Path) -> ast.Module:
 def closure(roots: set[str]) -> set[Path]:
     """The files of ``roots`` and of every lmrec module they import, transitively."""
     seen: set[str] = set()
-    todo = list(roots)
+    # importing lmrec.a.b runs lmrec/__init__.py and lmrec/a/__init__.py first
+    todo = [".".join(r.split(".")[:i]) for r in roots for i in range(1, r.count(".") + 2)]
     while todo:
         module = todo.pop()
         if module in seen:

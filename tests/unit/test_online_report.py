@@ -16,6 +16,7 @@ import typer
 from scipy import stats
 from typer.testing import CliRunner
 
+from lmrec import artifacts
 from lmrec.cli import app
 from lmrec.config import OnlineParams
 from lmrec.io import DataError
@@ -84,9 +85,9 @@ def test_challenger_with_more_clicks_is_better(tmp_path):
     assert champion["offline_ndcg@10"] == 0.20 and challenger["offline_ndcg@10"] == 0.25
     assert report["agreement"]["by_ctr"] == ["2", "1"]
     assert report["agreement"]["same_order"] is True
-    written = json.loads((tmp_path / "out" / stage.ONLINE_FILE).read_text())
+    written = json.loads((tmp_path / "out" / artifacts.ONLINE_FILE).read_text())
     assert written["test"]["verdict"] == "better"
-    assert (tmp_path / "out" / stage.ONLINE_PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "out" / artifacts.ONLINE_PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_challenger_with_fewer_clicks_is_worse(tmp_path):
@@ -113,7 +114,7 @@ def test_a_significant_inversion_of_offline_and_online_order_is_an_alarm(tmp_pat
         assert pair["p_value"] < CFG.alpha and pair["z"] > 0
         ctr = {v["model_version"]: v["ctr"] for v in agree["versions"]}
         assert pair["ctr"] == [ctr[a], ctr[b]] and ctr[b] > ctr[a]
-    written = json.loads((tmp_path / stage.ONLINE_FILE).read_text())
+    written = json.loads((tmp_path / artifacts.ONLINE_FILE).read_text())
     assert written["agreement"]["alarm"] is True
     assert written["agreement"]["disagreements"][0]["p_value"] > 0  # not rounded to 0
 
@@ -218,7 +219,7 @@ def test_missing_log_is_a_clear_error(cli, tmp_path):
     result = cli("--feedback", str(missing), "--out", str(tmp_path))
     assert result.exit_code == DataError.exit_code
     assert f"{missing}: feedback database not found" in result.output
-    assert not (tmp_path / stage.ONLINE_FILE).exists()
+    assert not (tmp_path / artifacts.ONLINE_FILE).exists()
 
 
 def test_corrupt_log_is_a_clear_error(cli, tmp_path):
@@ -252,7 +253,7 @@ def test_cli_puts_the_registry_offline_ndcg_beside_online_ctr(cli, tmp_path, mon
     result = cli("--feedback", str(db), "--out", str(tmp_path / "out"))
     assert result.exit_code == 0, result.output
     assert "better:" in result.output and "NDCG@10 0.2700" in result.output
-    report = json.loads((tmp_path / "out" / stage.ONLINE_FILE).read_text())
+    report = json.loads((tmp_path / "out" / artifacts.ONLINE_FILE).read_text())
     assert {a["model_version"]: a["offline_ndcg@10"] for a in report["arms"]} == {
         "1": 0.21,
         "2": 0.27,
@@ -265,7 +266,7 @@ def test_cli_puts_the_registry_offline_ndcg_beside_online_ctr(cli, tmp_path, mon
     result = cli("--feedback", str(inverted), "--out", str(tmp_path / "inv"))
     assert result.exit_code == 7, result.output
     assert "offline and online disagree: v2 NDCG@10 0.2700 > v1 0.2100" in result.output
-    report = json.loads((tmp_path / "inv" / stage.ONLINE_FILE).read_text())
+    report = json.loads((tmp_path / "inv" / artifacts.ONLINE_FILE).read_text())
     assert report["agreement"]["alarm"] is True and report["test"]["verdict"] == "worse"
     off = tmp_path / "off.yaml"
     off.write_text("monitor: {online: {alarm_on_disagreement: false}}\n")

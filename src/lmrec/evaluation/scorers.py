@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from lmrec.artifacts import item_index
 from lmrec.models.base import Recommender
 
 
@@ -38,7 +39,7 @@ class CatalogScorer:
                 f"{model.name}: {len(model_item_ids)} item ids for {model.n_items} items"
             )
         self.model = model
-        index = {item: i for i, item in enumerate(model_item_ids)}
+        index = item_index(list(model_item_ids))
         # this catalog's index -> the model's index (-1: unknown to the model)
         self.to_model = np.array([index.get(str(i), -1) for i in item_ids], dtype=np.int64)
         self.known = self.to_model >= 0

@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lmrec.artifacts import ITEM_TEXT_FILE, SPLIT_SUMMARY_FILE
 from lmrec.io import atomic_dir, read_table
-
-ITEM_TEXT_FILE = "item_text.parquet"  # catalog text only: the embed stage's one dependency
 
 
 @dataclass(frozen=True)
@@ -110,7 +109,7 @@ def write_split(
         # Text alone, so a re-split that leaves the catalog unchanged does not re-embed.
         items[["item_idx", "item_id", "text"]].to_parquet(tmp / ITEM_TEXT_FILE, index=False)
         cold.to_parquet(tmp / "cold.parquet", index=False)
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        (tmp / SPLIT_SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
 
 def load_split(split_dir: str | Path) -> SplitData:
@@ -119,7 +118,7 @@ def load_split(split_dir: str | Path) -> SplitData:
     seq = read_table(split_dir / "sequences.parquet").sort_values("user_idx")
     items = read_table(split_dir / "items.parquet").sort_values("item_idx").reset_index(drop=True)
     cold = read_table(split_dir / "cold.parquet")
-    summary = json.loads((split_dir / "summary.json").read_text())
+    summary = json.loads((split_dir / SPLIT_SUMMARY_FILE).read_text())
     return SplitData(
         train=[np.asarray(s, dtype=np.int64) for s in seq["train_items"]],
         val_items=seq["val_item"].to_numpy(dtype=np.int64),

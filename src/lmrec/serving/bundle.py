@@ -29,9 +29,9 @@ import numpy as np
 import pandas as pd
 from safetensors.numpy import load_file, save_file
 
+from lmrec.artifacts import ENCODER_FILE, item_index, load_embeddings
 from lmrec.features.dataset import load_split
 from lmrec.io import DataError, atomic_dir, write_json
-from lmrec.stages.embed import META_FILE, load_embeddings
 
 FORMAT_VERSION = 1
 BUNDLE_FILE = "bundle.json"
@@ -44,7 +44,7 @@ def build_bundle(
     import shutil
 
     model_ids = [str(i) for i in json.loads((model_dir / "item_ids.json").read_text())]
-    index = {item: i for i, item in enumerate(model_ids)}
+    index = item_index(model_ids)
     split = load_split(split_dir)
     embeddings, encoder = load_embeddings(embed_dir)
     items = split.items.sort_values("item_idx")
@@ -85,7 +85,7 @@ def build_bundle(
         catalog.to_parquet(tmp / "catalog.parquet", index=False)
         users.to_parquet(tmp / "users.parquet", index=False)
         save_file({"text": vectors}, str(tmp / "item_vectors.safetensors"))
-        write_json(tmp / META_FILE, encoder)
+        write_json(tmp / ENCODER_FILE, encoder)
         write_json(tmp / BUNDLE_FILE, info)
     return info
 
@@ -119,7 +119,8 @@ class Bundle:
         }
         vectors = load_file(str(root / "item_vectors.safetensors"))["text"]
         encoder = None
-        for record in (root / META_FILE, root / "model" / META_FILE):  # older: the model's copy
+        # older bundles: the model's copy
+        for record in (root / ENCODER_FILE, root / "model" / ENCODER_FILE):
             if record.is_file():
                 encoder = json.loads(record.read_text())
                 break

@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from lmrec.artifacts import item_index
 from lmrec.config import ServeParams
 from lmrec.data.contract import pseudonymise_id, user_id_salt
 from lmrec.models.registry import load_model
@@ -93,7 +94,7 @@ class Engine:
         self.categories = [
             frozenset(c for c in str(cats).split("|") if c) for cats in catalog["categories"]
         ]
-        self.index = {item: i for i, item in enumerate(self.item_ids)}
+        self.index = item_index(self.item_ids)
         self.popularity = catalog["popularity"].to_numpy(dtype=np.float64)
         self.popular_order = np.lexsort((np.arange(len(self.popularity)), -self.popularity))
         self.text = bundle.text_vectors

@@ -21,22 +21,18 @@ and declaring it would re-run the stage whenever it grows.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
+from lmrec.artifacts import ITEM_TEXT_FILE, write_embeddings
 from lmrec.config import EmbedParams
-from lmrec.features.dataset import ITEM_TEXT_FILE
-from lmrec.io import DataError, atomic_dir, read_table, write_json
+from lmrec.io import DataError, read_table
 from lmrec.text.cache import EmbeddingCache, cache_key, text_sha256
 from lmrec.text.encoder import TextEncoder, weights_sha256
 
-EMBEDDINGS_FILE = "item_embeddings.safetensors"
-META_FILE = "encoder.json"
 #: Texts encoded, then written to the cache, at a time (what a killed run can lose).
 SHARD_TEXTS = 4096
 
@@ -90,9 +86,7 @@ def run(
         "n_items": len(texts),
         "texts_sha256": texts_sha256(texts),
     }
-    with atomic_dir(out_dir) as tmp:
-        save_file({"embeddings": np.ascontiguousarray(embeddings)}, str(tmp / EMBEDDINGS_FILE))
-        write_json(tmp / META_FILE, meta)
+    write_embeddings(out_dir, embeddings, meta)
     return {
         "items": len(texts),
         "dim": encoder.dim,
@@ -131,13 +125,3 @@ def _encode_cached(
             bar.update(len(rows))
     rows = cache.lookup(digests[first])[inverse.reshape(-1)]
     return cache.vectors(rows), len(missing)
-
-
-def load_embeddings(embed_dir: Path) -> tuple[np.ndarray, dict]:
-    """Read what ``run`` wrote: the ``[n_items, dim]`` matrix and the encoder record."""
-    embed_dir = Path(embed_dir)
-    path = embed_dir / EMBEDDINGS_FILE
-    if not path.exists():
-        raise DataError(f"{path}: file not found (run `lmrec embed` first)")
-    meta = json.loads((embed_dir / META_FILE).read_text())
-    return load_file(str(path))["embeddings"], meta

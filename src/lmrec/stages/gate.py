@@ -19,7 +19,6 @@ refused, so ``dvc repro`` stops before register and Airflow can tell a refusal f
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from lmrec.artifacts import COMPARISON_FILE, GATE_FILE, MODEL_DIR, read_comparison
 from lmrec.config import LatencyParams, Params, ServeParams
 from lmrec.exit_codes import ExitCode
 from lmrec.features.dataset import SplitData, load_split
@@ -35,9 +35,6 @@ from lmrec.registry import gate
 from lmrec.registry.store import model_digest
 from lmrec.serving.bundle import build_bundle
 from lmrec.serving.engine import Engine
-from lmrec.stages.evaluate import COMPARISON_FILE
-
-GATE_FILE = "gate.json"
 
 
 def served_engine(
@@ -84,30 +81,25 @@ def run(
 ) -> dict:
     """Run the gate; write ``gate.json``; return it (``passed`` says the verdict)."""
     comparison_file = eval_dir / COMPARISON_FILE
-    if not comparison_file.is_file():
-        raise DataError(f"{comparison_file}: not found; run the evaluate stage first")
-    comparison = json.loads(comparison_file.read_text())
-    model_dir = train_dir / "model"
+    comparison = read_comparison(eval_dir)
+    model_dir = train_dir / MODEL_DIR
     digest = model_digest(model_dir)
-    if comparison.get("candidate_digest") != digest:
+    if comparison.candidate_digest != digest:
         raise DataError(
             f"{comparison_file}: evaluates another model than {model_dir}; re-run evaluate"
         )
-    models = comparison["models"]
-    baselines = {
-        k.removeprefix("baseline:"): v for k, v in models.items() if k.startswith("baseline:")
-    }
+    baselines = {name: m.as_dict() for name, m in comparison.baselines.items()}
     champion = None
     champion_info: dict[str, Any] = {}
-    if "champion" in models:
-        champion_info = models["champion"]["champion"]
-        champion = gate.Reference(models["champion"]["label"], models["champion"])
+    if comparison.champion is not None and comparison.champion.champion is not None:
+        champion_info = comparison.champion.champion.model_dump()
+        champion = gate.Reference(comparison.champion.label, comparison.champion.as_dict())
     with tempfile.TemporaryDirectory(prefix="lmrec-gate-") as work:
         engine = served_engine(model_dir, split_dir, embed_dir, params.serve, Path(work))
         latency = measure_latency(engine, load_split(split_dir), params.gate.latency)
     results = gate.run_checks(
         params.gate,
-        models["candidate"],
+        comparison.candidate.as_dict(),
         baselines,
         champion,
         champion_is_candidate=bool(champion_info.get("is_candidate")),
@@ -117,7 +109,7 @@ def run(
     report = {
         "passed": ok,
         "exit_code": int(ExitCode.OK if ok else ExitCode.REFUSED),
-        "stage": comparison["stage"],
+        "stage": comparison.stage,
         "candidate_digest": digest,
         "champion_version": champion_info.get("version"),
         "candidate_is_champion": bool(champion_info.get("is_candidate")),

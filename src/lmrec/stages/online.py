@@ -32,13 +32,12 @@ from typing import Any
 
 import pandas as pd
 
+from lmrec.artifacts import ONLINE_FILE, ONLINE_PLOT
 from lmrec.config import OnlineParams
 from lmrec.data.feedback import IMPRESSIONS_TABLE, TABLE
 from lmrec.io import DataError, atomic_path, json_safe, write_json
 from lmrec.monitoring.online import EVENT_COLUMNS, IMPRESSION_COLUMNS, online_report
 
-ONLINE_FILE = "online.json"
-ONLINE_PLOT = "online.png"
 OFFLINE_METRIC = "overall.ndcg_at_10"
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from lmrec.artifacts import PACKAGE_FILE
 from lmrec.config import Params, ServeParams
 from lmrec.io import LmrecError, write_json
 from lmrec.registry.store import CHALLENGER, CHAMPION, Registry
@@ -41,7 +42,6 @@ from lmrec.serving.bundle import build_bundle
 from lmrec.train.tracking import tracking_uri
 
 BENTO_MODELS = {CHAMPION: "lmrec-champion", CHALLENGER: "lmrec-challenger"}
-PACKAGE_FILE = "package.json"
 
 
 def _store_models(name: str) -> list[Any]:

@@ -33,16 +33,8 @@ from typing import Any
 
 import torch
 
-from lmrec.config import Params
-from lmrec.features import split as splitting
-from lmrec.features.dataset import SplitData, load_split, write_all_events
-from lmrec.io import DataError, LmrecError, read_table, write_json
-from lmrec.registry.gate import require_pass
-from lmrec.registry.store import model_digest
-from lmrec.stages.embed import META_FILE as ENCODER_META
-from lmrec.stages.embed import load_embeddings
-from lmrec.train import distributed
-from lmrec.train.layout import (
+from lmrec.artifacts import ENCODER_FILE as ENCODER_META
+from lmrec.artifacts import (
     ITEM_IDS_FILE,
     MODEL_DIR,
     REFIT_DATA_DIR,
@@ -50,9 +42,18 @@ from lmrec.train.layout import (
     RUN_FILE,
     TRAINING_FILE,
     chosen_epochs,
+    load_embeddings,
+    read_item_ids,
     read_json,
     write_model_dir,
 )
+from lmrec.config import Params
+from lmrec.features import split as splitting
+from lmrec.features.dataset import SplitData, load_split, write_all_events
+from lmrec.io import DataError, LmrecError, read_table, write_json
+from lmrec.registry.gate import require_pass
+from lmrec.registry.store import model_digest
+from lmrec.train import distributed
 from lmrec.train.refit import RefitResult, refit_sequential
 from lmrec.train.tracking import Tracker, data_version, git_commit, tracking_uri
 
@@ -74,8 +75,8 @@ def _candidate(inputs: RefitInputs, split: SplitData) -> tuple[str, int]:
     digest = model_digest(model_dir)
     verdict = read_json(inputs.gate_file, "run the gate stage first")
     require_pass(verdict, digest, inputs.gate_file, model_dir)
-    ids_file = model_dir / ITEM_IDS_FILE
-    if json.loads(ids_file.read_text()) != split.items["item_id"].astype(str).tolist():
+    if read_item_ids(model_dir) != split.items["item_id"].astype(str).tolist():
+        ids_file = model_dir / ITEM_IDS_FILE
         raise DataError(f"{ids_file}: trained on another catalog than {inputs.split_dir}")
     return digest, chosen_epochs(model_dir)
 
@@ -119,7 +120,7 @@ def run(params: Params, inputs: RefitInputs, out_dir: Path, *, progress: bool = 
             f"{inputs.embed_dir}: {len(embeddings)} item embeddings for {data.n_items} items; "
             "re-run the embed stage"
         )
-    finetune = cfg.sequential.get("encoder_finetune", "frozen") != "frozen"
+    finetune = cfg.sequential.encoder_finetune != "frozen"
     tracker = Tracker(tracking_uri(cfg.mlflow.tracking_uri), cfg.mlflow.experiment, None, "refit")
     try:
         result = refit_sequential(

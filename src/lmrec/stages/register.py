@@ -25,6 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmrec.artifacts import (
+    GATE_FILE,
+    MODEL_DIR,
+    REFIT_FILE,
+    REGISTRATION_FILE,
+    RUN_FILE,
+    Comparison,
+    read_comparison,
+    read_json,
+)
 from lmrec.config import Params
 from lmrec.io import DataError, LmrecError, write_json
 from lmrec.registry.gate import GateRefused, require_pass
@@ -37,15 +47,10 @@ from lmrec.registry.store import (
     Registry,
     model_digest,
 )
-from lmrec.stages.evaluate import COMPARISON_FILE
-from lmrec.stages.gate import GATE_FILE
-from lmrec.train.layout import MODEL_DIR, REFIT_FILE, RUN_FILE, read_json
 from lmrec.train.tracking import data_version, flatten, git_commit, tracking_uri
 
-REGISTRATION_FILE = "registration.json"
 # GateRefused is raised here through require_pass; callers catch it from this module too.
 __all__ = [
-    "REGISTRATION_FILE",
     "GateRefused",
     "Refit",
     "checked_refit",
@@ -100,13 +105,12 @@ def checked_refit(refit_dir: Path, candidate_digest: str, candidate_dir: Path) -
 
 
 def version_tags(
-    params: Params, digest: str, run: dict[str, Any], comparison: dict[str, Any], refit: Refit
+    params: Params, digest: str, run: dict[str, Any], comparison: Comparison, refit: Refit
 ) -> dict[str, str]:
     """Tags of a new version: the evaluated candidate's provenance and headline metrics,
     and the refit it serves."""
-    cand = comparison["models"]["candidate"]
-    stage = comparison["stage"]
-    metrics = flatten({"overall": cand["overall"], "slices": cand["slices"]})
+    cand, stage = comparison.candidate, comparison.stage
+    metrics = flatten({"overall": cand.overall, "slices": cand.slices})
     tags = {
         DIGEST_TAG: digest,
         REFIT_DIGEST_TAG: refit.digest,
@@ -144,7 +148,7 @@ def run(
     require_pass(read_json(gate_file, "run the gate stage first"), digest, gate_file, model_dir)
     refit = checked_refit(refit_dir, digest, model_dir)
     run_info = read_json(train_dir / RUN_FILE, "re-run the train stage")
-    comparison = read_json(eval_dir / COMPARISON_FILE, "run the evaluate stage first")
+    comparison = read_comparison(eval_dir)
     registry = Registry(tracking_uri(params.train.mlflow.tracking_uri), params.register.model_name)
     before = [v.number for v in registry.versions()]
     tags = version_tags(params, digest, run_info, comparison, refit)

@@ -29,16 +29,24 @@ from typing import Any
 
 import torch
 
+from lmrec.artifacts import (
+    BASELINES_DIR,
+    HISTORY_FILE,
+    METRICS_FILE,
+    MODEL_DIR,
+    REPLICAS_DIR,
+    RUN_FILE,
+    TRAINING_FILE,
+    load_embeddings,
+    write_model_dir,
+)
+from lmrec.artifacts import ENCODER_FILE as ENCODER_META
 from lmrec.config import Params
 from lmrec.features.dataset import SplitData, load_split
 from lmrec.io import DataError, atomic_path, json_safe, write_json
 from lmrec.models.base import Recommender
-from lmrec.stages.embed import META_FILE as ENCODER_META
-from lmrec.stages.embed import load_embeddings
 from lmrec.train import distributed
 from lmrec.train.checkpoint import read_meta
-from lmrec.train.layout import ITEM_IDS_FILE as ITEM_IDS_FILE  # re-exported: drift, evaluate
-from lmrec.train.layout import RUN_FILE, TRAINING_FILE, write_model_dir
 from lmrec.train.tracking import Tracker, data_version, git_commit, tracking_uri
 from lmrec.train.trainer import LAST, TrainResult, train_baselines, train_sequential
 
@@ -83,7 +91,7 @@ def run(
             "re-run the embed stage"
         )
     dist = distributed.from_environment()
-    finetune = cfg.sequential.get("encoder_finetune", "frozen") != "frozen"
+    finetune = cfg.sequential.encoder_finetune != "frozen"
     texts = split.item_texts() if finetune else None
     fit_split = split.with_training_users(cfg.data_fraction, cfg.seed)
     tracker = None
@@ -118,7 +126,7 @@ def run(
                 split,
                 embeddings,
                 cfg.model_copy(update={"seed": seed}),
-                checkpoint_dir / "replicas" / f"seed_{seed}",
+                checkpoint_dir / REPLICAS_DIR / f"seed_{seed}",
                 item_texts=texts,
                 encoder=encoder_meta.get("encoder"),
                 progress=progress,
@@ -179,20 +187,20 @@ def _finish(
         "world_size": dist.world_size,
     }
     files: dict[str, Any] = {ENCODER_META: embed_dir / ENCODER_META, TRAINING_FILE: training}
-    model_dir = out_dir / "model"
+    model_dir = out_dir / MODEL_DIR
     _save_with_ids(model, model_dir, split, **files)
     if model.text_tower is not None:
         model.text_tower.save_adapter(model_dir / "encoder_adapter")
     for name, (baseline, _, _) in baselines.items():
-        _save_with_ids(baseline, out_dir / "baselines" / name, split)
+        _save_with_ids(baseline, out_dir / BASELINES_DIR / name, split)
     replica_names = {f"seed_{seed}": r for seed, r in replicas.items()}
     for name, replica in replica_names.items():
-        _save_with_ids(replica.model, out_dir / "replicas" / name, split)
+        _save_with_ids(replica.model, out_dir / REPLICAS_DIR / name, split)
     # Always written, so the DVC output exists (and is not an empty directory) without replicas.
-    write_json(out_dir / "replicas" / "seeds.json", {"seeds": sorted(replicas)})
+    write_json(out_dir / REPLICAS_DIR / "seeds.json", {"seeds": sorted(replicas)})
     # Stale models from an earlier params set must not linger next to the new ones.
-    _remove_stale(out_dir / "baselines", set(baselines))
-    _remove_stale(out_dir / "replicas", set(replica_names))
+    _remove_stale(out_dir / BASELINES_DIR, set(baselines))
+    _remove_stale(out_dir / REPLICAS_DIR, set(replica_names))
     val = {k.removeprefix("val_"): v for k, v in best_row.items() if k.startswith("val_")}
     metric = cfg.early_stopping.metric
     metrics = {
@@ -203,14 +211,14 @@ def _finish(
             for name, (_, m, _) in baselines.items()
         },
     }
-    write_json(out_dir / "metrics.json", json_safe(metrics))
-    _write_history(out_dir / "history.csv", result.history)
+    write_json(out_dir / METRICS_FILE, json_safe(metrics))
+    _write_history(out_dir / HISTORY_FILE, result.history)
     tracker.log_metrics(
         {"best_epoch": result.best_epoch, "train_seconds": result.seconds}
         | {f"best_val_{k}": v for k, v in val.items()}
     )
-    tracker.log_artifact(out_dir / "metrics.json")
-    tracker.log_artifact(out_dir / "history.csv")
+    tracker.log_artifact(out_dir / METRICS_FILE)
+    tracker.log_artifact(out_dir / HISTORY_FILE)
     model_uri = tracker.log_model(model_dir) if cfg.mlflow.log_model else None
     run = {
         "mlflow_run_id": result.run_id,

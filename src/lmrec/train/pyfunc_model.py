@@ -8,7 +8,6 @@ DataFrame with ``item_ids`` and ``scores`` lists, best first.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +15,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from lmrec.artifacts import item_index, read_item_ids
 from lmrec.models.registry import load_model
-
-ITEM_IDS_FILE = "item_ids.json"
 
 
 class LmrecPyfunc(mlflow.pyfunc.PythonModel):
@@ -27,8 +25,8 @@ class LmrecPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         model_dir = Path(context.artifacts["model"])
         self.model = load_model(model_dir)
-        self.item_ids = json.loads((model_dir / ITEM_IDS_FILE).read_text())
-        self.index = {item: i for i, item in enumerate(self.item_ids)}
+        self.item_ids = read_item_ids(model_dir)
+        self.index = item_index(self.item_ids)
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
