@@ -19,6 +19,8 @@ configure (setup) -> snapshot -> validate -> preprocess -> embed -> train -> eva
 - ``train`` and ``refit`` run on the ``$LMREC_TRAIN_QUEUE`` queue (default ``gpu``:
   Celery/Kubernetes executors route them to GPU workers; the local executor ignores queues)
   in the pool ``$LMREC_TRAIN_POOL`` (default ``default_pool``, which always exists).
+- ``snapshot`` and ``register`` update the Assets ``lmrec_data_snapshot`` and
+  ``lmrec_registered_model`` (their outlets), so the UI shows where data and models come from.
 - One run at a time (``max_active_runs=1``): every run writes the same workspace.
 - Param overrides (``params_file``, ``epochs``, ``encoder_finetune``, ``overrides``) are
   written into the workspace's ``params.yaml`` by ``configure`` for this run only;
@@ -41,7 +43,7 @@ from _lmrec_common import (
     run_branch,
     task_env,
 )
-from airflow.sdk import Param, chain, dag, get_current_context, setup, task, teardown
+from airflow.sdk import Asset, Param, chain, dag, get_current_context, setup, task, teardown
 
 SOURCES = ["", "movielens-100k", "csv", "parquet", "synthetic", "feedback"]
 TRAIN_QUEUE = os.environ.get("LMREC_TRAIN_QUEUE", "gpu")
@@ -74,6 +76,14 @@ DEPLOY_SH = (Path(__file__).resolve().parent / "deploy.sh").read_text()
 
 
 GATE_JSON = "artifacts/gate/gate.json"
+
+#: Lineage (the UI's Assets view, and the DAG graph's asset nodes): snapshot updates the data
+#: snapshot (``data/``, hashed in data.dvc), register the registered model (a version in the
+#: MLflow registry), each time the task succeeds. ``x-`` schemes are user-defined: Airflow
+#: neither normalises nor hands them to a provider. Not ``file://``: the workspace is a run
+#: Param, unknown when the DAG is parsed, and with per-task workdirs data moves by DVC remote.
+DATA_SNAPSHOT = Asset(name="lmrec_data_snapshot", uri="x-lmrec://workspace/data")
+REGISTERED_MODEL = Asset(name="lmrec_registered_model", uri="x-lmrec://mlflow/registered-model")
 
 
 def _git(repo, *args: str) -> str:
@@ -199,6 +209,7 @@ def lmrec_retrain():
             "INTERACTIONS": "{{ params['interactions'] or '' }}",
             "ITEMS": "{{ params['items'] or '' }}",  # not params.items: that is dict.items
         },
+        outlets=[DATA_SNAPSHOT],
         **bash,
     )
     def snapshot() -> str:
@@ -267,7 +278,7 @@ def lmrec_retrain():
         verdict,
         gate_passed(verdict),
         stage("refit", **gpu),
-        stage("register"),
+        stage("register", outlets=[REGISTERED_MODEL]),
         stage("package"),
         deploy(),
         restore,

@@ -44,6 +44,7 @@ for dag in bag.dags.values():
                 "is_setup": t.is_setup,
                 "is_teardown": t.is_teardown,
                 "trigger_rule": t.trigger_rule,  # a str enum: JSON writes its value
+                "outlets": [{"name": a.name, "uri": a.uri} for a in t.outlets],
             }
             for t in dag.tasks
         },

@@ -18,7 +18,6 @@ the report are also logged to the candidate's MLflow training run.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -31,11 +30,12 @@ import numpy as np
 
 from lmrec.config import Params
 from lmrec.evaluation import metrics as M
+from lmrec.evaluation.plots import write_curve_csv, write_slices_csv
 from lmrec.evaluation.protocol import aggregate_seeds, evaluate_protocol, sample_users
 from lmrec.evaluation.report import write_report
 from lmrec.evaluation.scorers import CatalogScorer, LenientScorer
 from lmrec.features.dataset import SplitData, load_split
-from lmrec.io import DataError, LmrecError, atomic_path, json_safe, write_json
+from lmrec.io import DataError, LmrecError, json_safe, write_json
 from lmrec.models.registry import load_model
 from lmrec.registry.store import CHAMPION, Registry, model_digest
 from lmrec.serving.exposure import ExposurePolicy
@@ -159,8 +159,8 @@ def run(params: Params, split_dir: Path, embed_dir: Path, train_dir: Path, out_d
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / COMPARISON_FILE, comparison)
     write_json(out_dir / "metrics.json", _metrics(comparison))
-    _write_slices_csv(out_dir / "slices.csv", comparison)
-    _write_curve_csv(out_dir / "popularity_curve.csv", comparison)
+    write_slices_csv(out_dir / "slices.csv", comparison)
+    write_curve_csv(out_dir / "popularity_curve.csv", comparison)
     write_report(comparison, out_dir / "report.png")
     _log_to_mlflow(params, train_dir, out_dir, comparison)
     return _summary(comparison)
@@ -200,42 +200,6 @@ def _metrics(comparison: dict[str, Any]) -> dict[str, Any]:
         if key.startswith("baseline:")
     }
     return out
-
-
-#: The metric slices.csv plots per slice (default ndcg@10): new items have few hits over the
-#: full catalog, the cold slice ranks cold items only.
-SLICE_CSV_METRIC = {"new_items": "hr@10", "cold_items": "recall@10"}
-
-
-def _write_slices_csv(path: Path, comparison: dict[str, Any]) -> None:
-    rows = []
-    for key, m in comparison["models"].items():
-        groups = {"overall": m["overall"], **m["slices"]}
-        for slice_name, values in groups.items():
-            metric = SLICE_CSV_METRIC.get(slice_name, "ndcg@10")
-            rows.append(
-                {"model": key, "slice": slice_name, "metric": metric, "value": values.get(metric)}
-            )
-    _write_csv(path, rows, ["model", "slice", "metric", "value"])
-
-
-def _write_curve_csv(path: Path, comparison: dict[str, Any]) -> None:
-    rows = [
-        {"bin": i + 1, "model": "catalog", "share": v}
-        for i, v in enumerate(comparison["catalog_popularity_curve"])
-    ]
-    for key, m in comparison["models"].items():
-        rows += [
-            {"bin": i + 1, "model": key, "share": v} for i, v in enumerate(m["popularity_curve"])
-        ]
-    _write_csv(path, rows, ["bin", "model", "share"])
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _log_to_mlflow(
