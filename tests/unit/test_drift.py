@@ -6,11 +6,9 @@ The model-based ``score_shift`` metric is tested in test_score_shift.py; here it
 
 from __future__ import annotations
 
-import ast
 import json
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -229,18 +227,3 @@ def test_cli_reports_the_age_of_the_registry_champion(tmp_path, tiny_split_dir, 
     down = runner.invoke(app, [*args, str(tmp_path / "n"), "--score-model", str(tmp_path)])
     assert down.exit_code == 0, down.output
     assert "champion age not judged" in down.output
-
-
-def test_monitoring_never_imports_a_stage():
-    """Stages read inputs and call monitoring; monitoring goes through lmrec.artifacts."""
-    package = Path(__file__).resolve().parents[2] / "src" / "lmrec" / "monitoring"
-    for path in package.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = (
-                [a.name for a in node.names]
-                if isinstance(node, ast.Import)
-                else [node.module or ""]
-                if isinstance(node, ast.ImportFrom)
-                else []
-            )
-            assert not [n for n in names if n.startswith("lmrec.stages")], path.name
