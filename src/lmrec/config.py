@@ -6,11 +6,20 @@ Every stage reads only its own block (``load_params(path).validate``), so DVC's
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from lmrec.io import LmrecError
 
@@ -114,10 +123,104 @@ class TrackingParams(Block):
     log_model: bool = True
 
 
+#: ``SequentialParams.encoder_finetune`` choices (``lmrec.text.tuning.FINETUNE_MODES``,
+#: restated so that loading params does not import torch).
+FinetuneMode = Literal["frozen", "lora", "full"]
+#: A ``device`` param: "auto", "cpu" or "cuda", optionally ":N" (what ``torch.device`` reads).
+DEVICE_PATTERN = r"^(auto|(cpu|cuda)(:(0|[1-9][0-9]*))?)$"
+
+
+class SequentialParams(Block):
+    """Hyperparameters of ``SequentialRecommender`` (``train.sequential``).
+
+    The defaults are the values of ``params.yaml``'s ``train.sequential`` block (a test
+    keeps the two equal), so ``SequentialRecommender()`` is the model the pipeline trains.
+    ``seed`` and ``device`` are not read from that block: the train stage sets them from
+    ``train.seed`` and ``train.device``.
+
+    Attributes:
+        max_len: most recent history items a user vector is computed from.
+        dim: width of item and user vectors and of the transformer.
+        heads: attention heads (must divide ``dim``).
+        layers: transformer layers.
+        dropout: dropout on input embeddings and inside the transformer.
+        id_embeddings: learn an ID embedding per item on top of the text projection.
+        id_dropout: probability that an item's ID embedding is zeroed in a training step.
+        epochs: training epochs (a callback may stop earlier).
+        batch_size: training sequences per step.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        full_softmax_max_items: largest catalog trained with a full softmax; larger ones
+            use a sampled softmax (on CPU a full step costs ~1.9x a sampled one at 5k items,
+            5.4x at 20k: benchmarks/results/scale_training.md).
+        n_negatives: negatives per step in the sampled softmax (shared across the batch).
+        lr_schedule: "constant", or "cosine" (decay to 0 over ``epochs``, set per step).
+        grad_accum_steps: batches whose gradients are summed before one optimizer step.
+        precision: "auto" (bf16 autocast on CUDA with bf16 support, else fp32), "fp32"
+            or "bf16" (autocast on any device).
+        encoder_finetune: "frozen" (train on the precomputed text embeddings), "lora"
+            (train LoRA adapters on the encoder) or "full" (train the whole encoder).
+        encoder_lr: AdamW learning rate of the encoder's trained weights.
+        text_max_length: tokens per item text when the encoder is fine-tuned.
+        lora_r: LoRA rank.
+        lora_alpha: LoRA scaling numerator.
+        lora_dropout: dropout inside the LoRA adapters.
+        window_stride: items between the ends of a sequence's training windows; 0 means
+            ``max_len + 1`` (no overlap). Smaller strides give every predicted item at
+            least ``max_len + 1 - window_stride`` items of context, at proportional cost.
+        window_jitter: move the training windows before a sequence's most recent one back
+            by a random offset each epoch, so items are predicted from varying contexts
+            instead of always after the same fixed boundary.
+        label_smoothing: label smoothing of the next-item cross-entropy (0 = none).
+        seed: seeds initialisation, shuffling, dropout and sampling.
+        device: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
+    """
+
+    # The old dataclass's field order (what vars() and model_dump() list): keep it.
+    max_len: int = Field(50, ge=1)
+    dim: int = Field(128, ge=1)
+    heads: int = Field(2, ge=1)
+    layers: int = Field(1, ge=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    id_embeddings: bool = True
+    id_dropout: float = Field(0.0, ge=0, lt=1)
+    epochs: int = Field(25, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2.0e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    full_softmax_max_items: int = Field(4_000, ge=1)
+    n_negatives: int = Field(1024, ge=1)
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    grad_accum_steps: int = Field(1, ge=1)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    encoder_finetune: FinetuneMode = "frozen"
+    encoder_lr: float = Field(5.0e-5, gt=0)
+    text_max_length: int = Field(64, ge=1)
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.1, ge=0, lt=1)
+    window_stride: int = Field(0, ge=0)
+    window_jitter: bool = True
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    seed: int = 0
+    device: str = Field("auto", pattern=DEVICE_PATTERN)
+
+    @model_validator(mode="after")
+    def _sizes_fit(self) -> SequentialParams:
+        if self.dim % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide dim ({self.dim})")
+        if self.window_stride > self.max_len + 1:
+            raise ValueError(
+                f"window_stride ({self.window_stride}) must be in 0..max_len + 1"
+                f" ({self.max_len + 1})"
+            )
+        return self
+
+
 class TrainParams(Block):
-    """The train stage. ``sequential`` holds ``SequentialParams`` fields, checked by the
-    stage (keeping torch out of params loading); ``baselines`` maps a baseline model name to
-    its hyperparameters (``{}`` for the defaults)."""
+    """The train stage. ``sequential`` is the LM-powered model (``seed`` and ``device``
+    come from this block's); ``baselines`` maps a baseline model name to its
+    hyperparameters (``{}`` for the defaults)."""
 
     seed: int = 0
     extra_seeds: list[int] = Field(default_factory=list)
@@ -125,12 +228,27 @@ class TrainParams(Block):
     device: str = "auto"
     threads: int = Field(0, ge=0)
     validation_max_users: int = Field(10_000, ge=0)
-    sequential: dict = Field(default_factory=dict)
+    sequential: SequentialParams = SequentialParams()
     baselines: dict[str, dict] = Field(
         default_factory=lambda: {"popularity": {}, "itemknn": {}, "mf": {}}
     )
     early_stopping: EarlyStoppingParams = EarlyStoppingParams()
     mlflow: TrackingParams = TrackingParams()
+
+    @field_validator("sequential", mode="before")
+    @classmethod
+    def _seed_and_device_are_the_blocks(cls, value: object) -> object:
+        # In a params file these two would be overridden by train.seed / train.device.
+        if isinstance(value, dict):
+            for key in sorted({"seed", "device"} & value.keys()):
+                raise ValueError(f"set train.{key}, not train.sequential.{key}")
+        return value
+
+    @field_serializer("sequential")
+    def _sequential_as_in_a_params_file(self, value: SequentialParams) -> dict:
+        # Without the block's own seed and device (train.seed / train.device win): a dump
+        # loads back, and logs or hashes what a params file can set.
+        return value.model_dump(exclude={"seed", "device"})
 
 
 class EvaluateParams(Block):
@@ -309,7 +427,9 @@ class Params(Block):
     serve: ServeParams = ServeParams()
     monitor: MonitorParams = MonitorParams()
 
-    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+    # Unknown blocks are errors too: a misspelt block would otherwise leave its stage on
+    # the defaults without a word.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @property
     def validate(self) -> ValidateParams:  # noqa: D102 - "validate" shadows BaseModel's
@@ -323,11 +443,12 @@ class Params(Block):
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Load and type-check a params file.
 
-    Blocks owned by stages that do not exist yet are kept untyped (``extra="allow"``),
-    but every block listed above is strict.
+    Every block and every key is typed: an unknown block or key is an error that names it
+    (and the known keys where it stands).
 
     Raises:
-        LmrecError: the file is missing, not YAML, or a block has a bad key or value.
+        LmrecError: the file is missing, not YAML, has an unknown block, or a block has an
+            unknown key or a bad value.
     """
     path = Path(path)
     if not path.exists():
@@ -343,5 +464,27 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         for e in err.errors():
             where = ".".join(str(p) for p in e["loc"])
             where = where.replace("validate_", "validate").replace("register_", "register")
-            lines.append(f"  {where}: {e['msg']}")
+            msg = e["msg"]
+            if e["type"] == "extra_forbidden":
+                msg = f"{msg}: {_unknown_key(e['loc'])}"
+            lines.append(f"  {where}: {msg}")
         raise LmrecError("\n".join(lines)) from err
+
+
+def _unknown_key(loc: tuple[int | str, ...]) -> str:
+    """What an unknown key at ``loc`` is, and the keys that the block around it knows."""
+    model: type[BaseModel] = Params
+    for part in loc[:-1]:
+        if isinstance(part, int):  # an item of a list of blocks (gate.checks.0...)
+            continue
+        fields = {f.alias or name: f for name, f in model.model_fields.items()}
+        annotation = fields[part].annotation if part in fields else None
+        inner = get_args(annotation)[0] if get_args(annotation) else annotation
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return "unknown key"
+        model = inner
+    known = [f.alias or name for name, f in model.model_fields.items()]
+    kind = "block" if len(loc) == 1 else "key"
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown {kind}{hint}; expected one of {', '.join(known)}"

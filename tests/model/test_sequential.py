@@ -12,18 +12,14 @@ import numpy as np
 import pytest
 import torch
 
+from lmrec.config import SequentialParams
 from lmrec.models.base import CONFIG_FILE, ModelLoadError
 from lmrec.models.popularity import PopularityRecommender
-from lmrec.models.sequential import (
-    SequentialParams,
-    SequentialRecommender,
-    history_tokens,
-    training_windows,
-)
+from lmrec.models.sequential import SequentialRecommender, history_tokens, training_windows
 from lmrec.models.sequential_loss import smoothed_cross_entropy as _cross_entropy
 from lmrec.models.sequential_net import BOS, PAD
 
-from .conftest import Planted, hit_rate, make_cold_planted, tiny_sequential
+from .conftest import TEST_RECIPE, Planted, hit_rate, make_cold_planted, tiny_sequential
 
 COLD_PER_GROUP = 3
 
@@ -165,9 +161,10 @@ def test_on_epoch_end_can_stop_training(planted: Planted) -> None:
 
 
 def test_id_only_model_learns(planted: Planted) -> None:
-    model = SequentialRecommender(
-        SequentialParams(dim=32, layers=1, max_len=20, epochs=15, batch_size=64, device="cpu")
-    ).fit(planted.split)
+    tiny = {"dim": 32, "layers": 1, "max_len": 20, "epochs": 15, "batch_size": 64, "lr": 1.0e-3}
+    model = SequentialRecommender(SequentialParams(**tiny, **TEST_RECIPE, device="cpu")).fit(
+        planted.split
+    )
     hr, chance = hit_rate(model, planted.split)
     assert hr >= 3 * chance
     cold_scores = model.score([planted.split.train[0]])[0, planted.cold_items]

@@ -7,16 +7,20 @@ import json
 import numpy as np
 import pytest
 import torch
-from tests.model.conftest import make_split
+from pydantic import ValidationError
+from tests.model.conftest import TEST_RECIPE, make_split
 
-from lmrec.config import EarlyStoppingParams, TrainParams
+from lmrec.config import EarlyStoppingParams, SequentialParams, TrainParams
 from lmrec.io import LmrecError
-from lmrec.models.sequential import SequentialParams, SequentialRecommender
+from lmrec.models.sequential import SequentialRecommender
 from lmrec.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lmrec.train.tracking import flatten
 from lmrec.train.trainer import EarlyStopping, fingerprint, sequential_params
 
 torch.set_num_threads(1)
+
+#: A small ID-only model: two epochs, the rest the defaults of before they were params.yaml's.
+SMALL = {"epochs": 2, "dim": 16, "layers": 2, "batch_size": 128, "lr": 1.0e-3, **TEST_RECIPE}
 
 
 def random_split(seed: int):
@@ -51,7 +55,7 @@ def test_checkpoint_round_trip_restores_the_optimizer_exactly(split, tmp_path):
         states.append(model.train_state())
         return False
 
-    model = SequentialRecommender(SequentialParams(epochs=2, dim=16, device="cpu"))
+    model = SequentialRecommender(SequentialParams(**SMALL, device="cpu"))
     model.fit(split, on_epoch_end=keep)
     save_checkpoint(tmp_path / "ck", states[0], {"fingerprint": "abc"})
     state, meta = load_checkpoint(tmp_path / "ck")
@@ -65,7 +69,7 @@ def test_checkpoint_round_trip_restores_the_optimizer_exactly(split, tmp_path):
         for name, value in values.items():
             assert torch.equal(state.optimizer["state"][index][name], value), (index, name)
     # Resuming from epoch 1 reproduces the uninterrupted second epoch exactly.
-    resumed = SequentialRecommender(SequentialParams(epochs=2, dim=16, device="cpu"))
+    resumed = SequentialRecommender(SequentialParams(**SMALL, device="cpu"))
     resumed.fit(split, resume=state)
     assert resumed.epoch_losses == pytest.approx(model.epoch_losses, abs=1e-7)
     histories = [split.history_for(u, "test") for u in range(5)]
@@ -84,10 +88,14 @@ def test_incomplete_or_foreign_checkpoints_are_refused(tmp_path):
 
 
 def test_train_params_name_the_bad_key():
-    with pytest.raises(LmrecError, match=r"train\.sequential: unknown SequentialParams keys"):
-        sequential_params(TrainParams(sequential={"epoch": 3}))
-    with pytest.raises(LmrecError, match=r"train\.sequential"):
-        sequential_params(TrainParams(sequential={"precision": "fp8"}))
+    with pytest.raises(ValidationError, match=r"sequential\.epoch\n  Extra inputs"):
+        TrainParams(sequential={"epoch": 3})
+    with pytest.raises(ValidationError, match=r"sequential\.precision\n"):
+        TrainParams(sequential={"precision": "fp8"})
+    with pytest.raises(ValidationError, match=r"set train\.seed, not train\.sequential\.seed"):
+        TrainParams(sequential={"seed": 3})
+    with pytest.raises(LmrecError, match=r"train\.sequential: .*\ndevice\n"):
+        sequential_params(TrainParams(), device="tpu")
     params = sequential_params(TrainParams(seed=5, sequential={"epochs": 2}), device="cpu")
     assert (params.seed, params.epochs, params.device) == (5, 2, "cpu")
 

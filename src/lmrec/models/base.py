@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
+from pydantic import BaseModel
 from safetensors.numpy import load_file, save_file
 
 from lmrec.features.dataset import SplitData
@@ -34,16 +35,37 @@ class ModelLoadError(LmrecError):
 
 @dataclasses.dataclass(frozen=True)
 class Params:
-    """Base of every model's hyperparameters; subclasses add fields with defaults."""
+    """Base of every model's hyperparameters; subclasses add fields with defaults.
+
+    A model whose hyperparameters are a params.yaml block uses that frozen pydantic block
+    instead (``SequentialRecommender``: ``lmrec.config.SequentialParams``).
+    """
 
 
-def params_from_dict(params_cls: type[Params], values: Mapping[str, Any]) -> Params:
-    """Build a frozen params dataclass from a mapping, rejecting unknown keys.
+#: What a model's ``params`` may be: a ``Params`` dataclass or a frozen pydantic block.
+ModelParams = Params | BaseModel
+
+
+def params_to_dict(params: ModelParams) -> dict[str, Any]:
+    """The fields of a params object by name, in declaration order (config.json's
+    ``params``)."""
+    if isinstance(params, BaseModel):
+        return params.model_dump()
+    return dataclasses.asdict(params)
+
+
+def params_from_dict(params_cls: type[ModelParams], values: Mapping[str, Any]) -> ModelParams:
+    """Build a frozen params object (dataclass or pydantic block) from a mapping, rejecting
+    unknown keys.
 
     Raises:
-        ValueError: if ``values`` holds a key that ``params_cls`` does not define.
+        ValueError: if ``values`` holds a key that ``params_cls`` does not define, or a
+            value it refuses (a pydantic ``ValidationError`` is a ``ValueError``).
     """
-    known = {f.name for f in dataclasses.fields(params_cls)}
+    if issubclass(params_cls, BaseModel):
+        known = set(params_cls.model_fields)
+    else:
+        known = {f.name for f in dataclasses.fields(params_cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(
@@ -80,15 +102,15 @@ class Recommender(ABC):
     """A top-K recommender over a fixed catalog of ``n_items`` dense item indices.
 
     Subclasses set ``name`` (the registry key written to config.json), ``params_cls`` (a
-    frozen dataclass of hyperparameters) and implement the four hooks.
+    frozen dataclass or pydantic block of hyperparameters) and implement the four hooks.
     """
 
     name: ClassVar[str]
-    params_cls: ClassVar[type[Params]]
+    params_cls: ClassVar[type[ModelParams]]
     #: False for models whose scores ignore the history (e.g. popularity).
     uses_history: ClassVar[bool] = True
 
-    def __init__(self, params: Params | None = None) -> None:
+    def __init__(self, params: ModelParams | None = None) -> None:
         params = self.params_cls() if params is None else params
         if not isinstance(params, self.params_cls):
             raise TypeError(f"{self.name}: expected {self.params_cls.__name__}, got {params!r}")
@@ -193,7 +215,7 @@ class Recommender(ABC):
             "model": self.name,
             "format_version": FORMAT_VERSION,
             "n_items": n_items,
-            "params": dataclasses.asdict(self.params),
+            "params": params_to_dict(self.params),
             **self._extra_config(),
         }
         state = {key: np.ascontiguousarray(value) for key, value in self._state().items()}

@@ -19,8 +19,9 @@ The model is split as RecBole splits ``sasrec.py`` from ``trainer.py``:
 - ``sequential`` (this module): ``SequentialRecommender``, the ``Recommender`` contract
   (fit, scoring, ``item_matrix``/``user_vectors``/``text_item_vectors``, save/restore).
   It re-exports the names that callers import from here (``__all__``).
-- ``sequential_params``: ``SequentialParams`` (the defaults, validated), ``resolve_device``,
-  ``resolve_precision``.
+- ``sequential_params``: ``resolve_device``, ``resolve_precision``. The hyperparameters,
+  ``SequentialParams`` (the defaults, validated), are ``lmrec.config``'s ``train.sequential``
+  block.
 - ``sequential_net``: the torch network (item tower + causal transformer) and its tokens.
 - ``sequential_loss``: ``history_tokens``, ``training_windows`` and ``NextItemObjective``,
   the loss DDP wraps.
@@ -38,12 +39,13 @@ from typing import Any, Self
 import numpy as np
 import torch
 
+from lmrec.config import SequentialParams
 from lmrec.features.dataset import SplitData
 from lmrec.models.base import ModelLoadError, Recommender, params_from_dict
 from lmrec.models.sequential_fit import DataParallel, TrainingLoop, TrainState, build_tower
 from lmrec.models.sequential_loss import history_tokens, training_windows
 from lmrec.models.sequential_net import SequentialNet
-from lmrec.models.sequential_params import SequentialParams, resolve_device
+from lmrec.models.sequential_params import resolve_device
 from lmrec.text.tuning import TextTower
 
 # Names callers import from here, wherever they now live.

@@ -23,11 +23,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lmrec.config import SequentialParams
 from lmrec.io import LmrecError
 from lmrec.models.base import ModelLoadError
 from lmrec.models.sequential_loss import NextItemObjective
 from lmrec.models.sequential_net import PAD, SequentialNet
-from lmrec.models.sequential_params import SequentialParams, resolve_precision
+from lmrec.models.sequential_params import resolve_precision
 from lmrec.models.sequential_windows import StreamedWindows
 from lmrec.text.encoder import TextEncoder
 from lmrec.text.tuning import LoraSettings, TextTower

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmrec.config import SequentialParams
 from lmrec.models.sequential_net import BOS, N_SPECIAL, PAD, SequentialNet
-from lmrec.models.sequential_params import SequentialParams
 
 
 def history_tokens(histories: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:

@@ -24,23 +24,18 @@ import json
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lmrec.config import EarlyStoppingParams, TrainParams
+from lmrec.config import EarlyStoppingParams, SequentialParams, TrainParams
 from lmrec.evaluation.protocol import evaluate
 from lmrec.features.dataset import SplitData
 from lmrec.io import LmrecError
-from lmrec.models.base import params_from_dict
 from lmrec.models.registry import get_model_class
-from lmrec.models.sequential import (
-    SequentialParams,
-    SequentialRecommender,
-    resolve_device,
-)
+from lmrec.models.sequential import SequentialRecommender, resolve_device
 from lmrec.train import distributed
 from lmrec.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lmrec.train.tracking import Tracker
@@ -49,15 +44,16 @@ LAST, BEST = "last", "best"
 
 
 def sequential_params(cfg: TrainParams, device: str | None = None) -> SequentialParams:
-    """``SequentialParams`` from the train block (its seed and device win).
+    """``SequentialParams`` from the train block: ``train.sequential`` with the block's
+    ``seed`` and ``device`` (or ``device``, when given).
 
     Raises:
-        LmrecError: naming ``train.sequential`` when a key or value is invalid.
+        LmrecError: naming ``train.sequential`` when the device is not one it accepts.
     """
-    values = {**cfg.sequential, "seed": cfg.seed, "device": device or cfg.device}
+    values = {**cfg.sequential.model_dump(), "seed": cfg.seed, "device": device or cfg.device}
     try:
-        return params_from_dict(SequentialParams, values)
-    except (TypeError, ValueError) as err:
+        return SequentialParams.model_validate(values)
+    except ValueError as err:
         raise LmrecError(f"params.yaml: train.sequential: {err}") from err
 
 
@@ -73,7 +69,7 @@ def fingerprint(
     The device is left out: a run checkpointed on one device may resume on another.
     """
     digest = hashlib.sha256()
-    values = {k: v for k, v in asdict(params).items() if k != "device"}
+    values = {k: v for k, v in params.model_dump().items() if k != "device"}
     digest.update(json.dumps(values, sort_keys=True).encode())
     for seq in split.train:
         digest.update(np.asarray(seq, dtype=np.int64).tobytes() + b"|")
