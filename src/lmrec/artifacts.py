@@ -194,16 +194,16 @@ class ModelResults(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    label: str
     overall: dict[str, Any]
-    slices: dict[str, dict[str, Any]]
-    popularity_curve: list[float | None]
+    label: str = ""
+    slices: dict[str, dict[str, Any]] = {}
+    popularity_curve: list[float | None] = []
     served: dict[str, Any] = {}
     champion: ChampionInfo | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """The entry as the JSON file holds it (what the gate's checks read)."""
-        return self.model_dump()
+        """The entry as the JSON file holds it, no default added (what the gate reads)."""
+        return self.model_dump(exclude_unset=True)
 
 
 class Comparison(BaseModel):
@@ -219,8 +219,8 @@ class Comparison(BaseModel):
     stage: str
     candidate_digest: str
     models: dict[str, ModelResults]
-    catalog_popularity_curve: list[float | None]
-    seeds: dict[str, Any]
+    catalog_popularity_curve: list[float | None] = []
+    seeds: dict[str, Any] = {}
 
     @property
     def candidate(self) -> ModelResults:

@@ -39,6 +39,8 @@ import numpy as np
 import pytest
 import yaml
 
+from lmrec.cli.dvc_stages import stage_argv
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 #: how long a command may take to fail once MLflow is down (the bounded retries, plus
@@ -187,7 +189,8 @@ def trained(workspace, mlflow_server) -> dict:
     """Scenario 2 run once: ``lmrec train`` loses its MLflow server after two epochs; the
     server comes back (same store, same port) and ``lmrec train --resume`` finishes."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.uri}
-    args = ["train", "--no-progress", "--out", "out-mlflow", "--checkpoints", "ckpt-mlflow"]
+    args = ["--no-progress", "--out", "out-mlflow", "--checkpoints", "ckpt-mlflow"]
+    args = stage_argv("train", *args, dvc_yaml=REPO / "dvc.yaml")[1:]
     proc = subprocess.Popen(
         [str(BIN / "lmrec"), *args], cwd=workspace, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -251,7 +254,9 @@ def test_service_outlives_mlflow_and_package_fails_clearly(trained, workspace, m
     registry.promote(version.number)
     serve_root = workspace / "serve"
     env = {"MLFLOW_TRACKING_URI": mlflow_server.uri, "BENTOML_HOME": str(serve_root / "bentoml")}
-    package = ["package", "--split", "artifacts/preprocess", "--no-build"]
+    package = stage_argv(
+        "package", "--split", "artifacts/preprocess", "--no-build", dvc_yaml=REPO / "dvc.yaml"
+    )[1:]
     first = _lmrec(workspace, *package, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
     out, store = workspace / "artifacts" / "package", serve_root / "bentoml" / "models"

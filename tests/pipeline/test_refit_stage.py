@@ -23,6 +23,7 @@ import pytest
 import yaml
 from safetensors.numpy import load_file
 
+from lmrec.cli.dvc_stages import stage_argv
 from lmrec.features.dataset import load_split
 from lmrec.models.registry import load_model
 from lmrec.registry.store import (
@@ -38,12 +39,14 @@ from lmrec.stages import embed
 
 REPO = Path(__file__).resolve().parents[2]
 LMREC = str(Path(sys.executable).parent / "lmrec")
+DVC_YAML = REPO / "dvc.yaml"
 pytestmark = pytest.mark.slow
 
 
 def lmrec(root: Path, command: str, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db"}
-    cmd = [LMREC, command, "--params", str(root / "params.yaml"), *extra]
+    argv = stage_argv(command, "--params", str(root / "params.yaml"), *extra, dvc_yaml=DVC_YAML)
+    cmd = [LMREC, *argv[1:]]
     return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -26,6 +26,7 @@ import torch
 import yaml
 
 from lmrec import artifacts
+from lmrec.cli.dvc_stages import stage_argv
 from lmrec.models.registry import load_model
 from lmrec.stages import embed
 
@@ -59,8 +60,9 @@ def write_params(root: Path, name: str, **train: object) -> Path:
 def lmrec_train(
     root: Path, params: Path, tag: str, *extra: str, launcher=None, popen: dict | None = None
 ):
-    cmd = [*(launcher or [str(BIN / "lmrec")]), "train", "--params", str(params)]
-    cmd += ["--out", f"out-{tag}", "--checkpoints", f"ckpt-{tag}", "--no-progress", *extra]
+    options = ["--params", str(params), "--out", f"out-{tag}", "--checkpoints", f"ckpt-{tag}"]
+    argv = stage_argv("train", *options, "--no-progress", *extra, dvc_yaml=REPO / "dvc.yaml")
+    cmd = [*(launcher or [str(BIN / "lmrec")]), *argv[1:]]
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow-{tag}.db"}
     if popen:
         return subprocess.Popen(cmd, cwd=root, env=env, **popen)

@@ -56,6 +56,7 @@ def test_bad_value_is_rejected(tmp_path):
 
 
 def test_missing_params_file_is_a_clear_cli_error(tmp_path):
-    result = CliRunner().invoke(app, ["preprocess", "--params", str(tmp_path / "nope.yaml")])
+    args = ["--interactions", "i.parquet", "--items", "t.parquet", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, ["preprocess", "--params", str(tmp_path / "nope.yaml"), *args])
     assert result.exit_code == 1
     assert "nope.yaml: params file not found" in result.output

@@ -1,12 +1,13 @@
 """dvc.yaml declares the code each stage runs: its import closure inside ``lmrec``.
 
-A stage's command is ``lmrec <name> ...``; ``src/lmrec/cli.py`` dispatches it to the command
-function ``<name>``, which imports ``lmrec.stages.<name>`` (and ``lmrec.config``). From
-those roots every ``import lmrec.x`` / ``from lmrec.x import y`` is followed statically
-(``ast``, function-level imports included, ``if TYPE_CHECKING:`` blocks left out), with the
-``__init__.py`` of every package on the way, because importing ``lmrec.a.b`` runs them.
+A stage's command is ``lmrec <name> ...``; ``src/lmrec/cli/`` dispatches it to the command
+function ``<name>`` (``cli/pipeline.py``), which imports ``lmrec.stages.<name>`` (and
+``lmrec.config``). From those roots every ``import lmrec.x`` / ``from lmrec.x import y`` is
+followed statically (``ast``, function-level imports included, ``if TYPE_CHECKING:`` blocks
+left out), with the ``__init__.py`` of every package on the way (importing ``lmrec.a.b`` runs
+them).
 A stage's ``deps`` must cover every file found (a folder dep covers what lies below it):
-otherwise a change to that code would not rerun the stage. ``cli.py`` itself is the
+otherwise a change to that code would not rerun the stage. ``lmrec.cli`` itself is the
 dispatcher every stage shares (option parsing, error display) and is not required.
 """
 
@@ -22,7 +23,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / "src"
-CLI = SRC / "lmrec" / "cli.py"
+CLI = SRC / "lmrec" / "cli" / "pipeline.py"  # the stage commands
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
 
@@ -90,8 +91,14 @@ def closure(roots: set[str]) -> set[Path]:
         if module in seen:
             continue
         seen.add(module)
-        todo.extend(imported_modules(_parsed(module_file(module))) - seen)
-    return {module_file(m) for m in seen}
+        if not _is_cli(module):
+            todo.extend(imported_modules(_parsed(module_file(module))) - seen)
+    return {module_file(m) for m in seen if not _is_cli(m)}
+
+
+def _is_cli(module: str) -> bool:
+    """The dispatcher every stage shares (see the module docstring): not followed."""
+    return module == "lmrec.cli" or module.startswith("lmrec.cli.")
 
 
 def entry_roots(cmd: str) -> set[str]:
@@ -105,7 +112,7 @@ def entry_roots(cmd: str) -> set[str]:
     functions = {
         n.name: n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == argv[1]
     }
-    assert argv[1] in functions, f"src/lmrec/cli.py has no command function {argv[1]!r}"
+    assert argv[1] in functions, f"src/lmrec/cli/pipeline.py has no command function {argv[1]!r}"
     module_level = ast.Module(
         body=[n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)], type_ignores=[]
     )

@@ -15,8 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+from lmrec.cli.dvc_stages import stage_argv
+
 LMREC = str(Path(sys.executable).parent / "lmrec")
 TINY = str(Path(__file__).resolve().parents[2] / "profiles" / "tiny.yaml")
+DVC_YAML = Path(__file__).resolve().parents[2] / "dvc.yaml"
+#: the validate stage as dvc.yaml runs it (relative paths: the test's workspace)
+VALIDATE = stage_argv("validate", dvc_yaml=DVC_YAML)[1:]
 HOLD = """import sys, time
 from lmrec.locking import pipeline_lock
 with pipeline_lock():
@@ -43,7 +48,7 @@ def lmrec(ws: Path, *args: str, wait_s: float) -> subprocess.CompletedProcess:
 def test_stage_commands_refuse_to_run_under_another(tmp_path):
     holder = hold(tmp_path, 60)
     try:
-        manual = lmrec(tmp_path, "validate", wait_s=0.5)
+        manual = lmrec(tmp_path, *VALIDATE, wait_s=0.5)
         monitor = lmrec(tmp_path, "drift", "--feedback", "feedback.db", wait_s=0.5)
         usage = lmrec(tmp_path, "validate", "--help", wait_s=0.5)  # reads nothing: no lock
     finally:
@@ -61,7 +66,8 @@ def test_stage_commands_refuse_to_run_under_another(tmp_path):
 def test_a_stage_command_waits_for_the_holder_to_finish(tmp_path):
     holder = hold(tmp_path, 1.5)
     started = time.monotonic()
-    done = lmrec(tmp_path, "preprocess", "--params", TINY, wait_s=60)
+    preprocess = stage_argv("preprocess", "--params", str(TINY), dvc_yaml=DVC_YAML)[1:]
+    done = lmrec(tmp_path, *preprocess, wait_s=60)
     holder.wait()
     assert time.monotonic() - started >= 1.0  # it waited for the lock...
     assert done.returncode == 2, done.stdout + done.stderr  # ...then ran: no input data here
@@ -70,6 +76,6 @@ def test_a_stage_command_waits_for_the_holder_to_finish(tmp_path):
 
 def test_an_unwritable_lock_file_is_a_clear_error(tmp_path):
     (tmp_path / "artifacts").write_text("a file where the folder should be")
-    done = lmrec(tmp_path, "validate", wait_s=0)
+    done = lmrec(tmp_path, *VALIDATE, wait_s=0)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "cannot open the lock file of the pipeline workspace" in done.stderr

@@ -28,6 +28,20 @@ from typing import Any
 
 import numpy as np
 
+from lmrec.artifacts import (
+    BASELINE_PREFIX,
+    BASELINES_DIR,
+    COMPARISON_FILE,
+    METRICS_FILE,
+    MODEL_DIR,
+    REPLICAS_DIR,
+    REPORT_FILE,
+    RUN_FILE,
+    load_embeddings,
+    model_dirs,
+    read_item_ids,
+    write_comparison,
+)
 from lmrec.config import Params
 from lmrec.evaluation import metrics as M
 from lmrec.evaluation.plots import write_curve_csv, write_slices_csv
@@ -40,27 +54,11 @@ from lmrec.models.registry import load_model
 from lmrec.registry.store import CHAMPION, Registry, model_digest
 from lmrec.serving.exposure import ExposurePolicy
 from lmrec.serving.offline import served_metrics
-from lmrec.stages.embed import load_embeddings
-from lmrec.stages.train import ITEM_IDS_FILE, RUN_FILE
 from lmrec.train.tracking import tracking_uri
 
 log = logging.getLogger(__name__)
 
-COMPARISON_FILE = "comparison.json"
 HEADLINE = ("hr@10", "ndcg@10", "mrr@10", "recall@20", "coverage@10")
-
-
-def _item_ids(model_dir: Path) -> list[str]:
-    path = model_dir / ITEM_IDS_FILE
-    if not path.is_file():
-        raise DataError(f"{path}: not found; re-run the train stage")
-    return [str(i) for i in json.loads(path.read_text())]
-
-
-def _model_dirs(directory: Path) -> dict[str, Path]:
-    if not directory.is_dir():
-        return {}
-    return {p.name: p for p in sorted(directory.iterdir()) if (p / "config.json").is_file()}
 
 
 def _protocol(scorer: Any, split: SplitData, params: Params, emb: np.ndarray) -> dict[str, Any]:
@@ -109,7 +107,7 @@ def _evaluate_champion(
     with tempfile.TemporaryDirectory(prefix="lmrec-champion-") as tmp:
         model_dir = registry.download(champion.number, tmp)
         scorer = CatalogScorer(
-            load_model(model_dir), _item_ids(model_dir), split.items["item_id"].astype(str)
+            load_model(model_dir), read_item_ids(model_dir), split.items["item_id"].astype(str)
         )
         results = _protocol(scorer, split, params, emb)
     info["unknown_items"] = scorer.n_unknown
@@ -121,8 +119,8 @@ def run(params: Params, split_dir: Path, embed_dir: Path, train_dir: Path, out_d
     split = load_split(split_dir)
     emb, _ = load_embeddings(embed_dir)
     item_ids = split.items["item_id"].astype(str).tolist()
-    candidate_dir = train_dir / "model"
-    if _item_ids(candidate_dir) != item_ids:
+    candidate_dir = train_dir / MODEL_DIR
+    if read_item_ids(candidate_dir) != item_ids:
         raise DataError(
             f"{candidate_dir}: trained on another catalog than {split_dir}; re-run train"
         )
@@ -137,14 +135,14 @@ def run(params: Params, split_dir: Path, embed_dir: Path, train_dir: Path, out_d
     champion = _evaluate_champion(params, split, emb, digest)
     if champion is not None:
         models["champion"] = champion
-    for name, path in _model_dirs(train_dir / "baselines").items():
-        models[f"baseline:{name}"] = {
+    for name, path in model_dirs(train_dir / BASELINES_DIR).items():
+        models[f"{BASELINE_PREFIX}{name}"] = {
             "label": f"baseline {name}",
             **_protocol(LenientScorer(load_model(path)), split, params, emb),
         }
     replicas = {
         name: _protocol(LenientScorer(load_model(path)), split, params, emb)
-        for name, path in _model_dirs(train_dir / "replicas").items()
+        for name, path in model_dirs(train_dir / REPLICAS_DIR).items()
     }
     counts = split.items.sort_values("item_idx")["n_train"].to_numpy(dtype=np.float64)
     bins = min(params.evaluate.popularity_bins, split.n_items)
@@ -157,11 +155,11 @@ def run(params: Params, split_dir: Path, embed_dir: Path, train_dir: Path, out_d
     }
     comparison = json_safe(comparison)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / COMPARISON_FILE, comparison)
-    write_json(out_dir / "metrics.json", _metrics(comparison))
+    write_comparison(out_dir, comparison)
+    write_json(out_dir / METRICS_FILE, _metrics(comparison))
     write_slices_csv(out_dir / "slices.csv", comparison)
     write_curve_csv(out_dir / "popularity_curve.csv", comparison)
-    write_report(comparison, out_dir / "report.png")
+    write_report(comparison, out_dir / REPORT_FILE)
     _log_to_mlflow(params, train_dir, out_dir, comparison)
     return _summary(comparison)
 
@@ -195,9 +193,9 @@ def _metrics(comparison: dict[str, Any]) -> dict[str, Any]:
             **{k: champ["overall"].get(k) for k in HEADLINE},
         }
     out["baselines"] = {
-        key.removeprefix("baseline:"): {k: m["overall"].get(k) for k in HEADLINE}
+        key.removeprefix(BASELINE_PREFIX): {k: m["overall"].get(k) for k in HEADLINE}
         for key, m in models.items()
-        if key.startswith("baseline:")
+        if key.startswith(BASELINE_PREFIX)
     }
     return out
 
@@ -235,7 +233,7 @@ def _log_to_mlflow(
                 if isinstance(v, int | float) and math.isfinite(v)
             ],
         )
-        for name in ("report.png", COMPARISON_FILE):
+        for name in (REPORT_FILE, COMPARISON_FILE):
             client.log_artifact(run_id, str(out_dir / name), "evaluation")
     except Exception as err:  # MLflow raises many types; the evaluation itself is done
         raise LmrecError(
