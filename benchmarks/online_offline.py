@@ -1,7 +1,7 @@
 """Offline vs online agreement: does ranking model versions by offline NDCG@10 rank them
 the way their online CTR does?
 
-On MovieLens-100K (the DESIGN.md split: per-user tie-break, last item = test, second last =
+On MovieLens-100K (the docs/design.md split: per-user tie-break, last item = test, second last =
 validation), four model versions of different offline quality are fitted on the training
 interactions: random, popularity, item-KNN and MF (the in-house baselines with their
 default hyperparameters). Each version's offline NDCG@10 is the evaluation protocol's on

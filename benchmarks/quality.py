@@ -1,6 +1,6 @@
 """Recommendation quality, side by side: lmrec's model, its baselines and open-source peers.
 
-Every model is trained on the same split (``artifacts/preprocess``: the DESIGN.md protocol,
+Every model is trained on the same split (``artifacts/preprocess``: the docs/design.md protocol,
 per-user tie-break, cold items held out) and scored by the same code
 (``lmrec.evaluation.protocol.evaluate_protocol``, test stage, full ranking):
 

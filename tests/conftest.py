@@ -19,6 +19,25 @@ os.environ.setdefault("GIT_AUTHOR_NAME", "lmrec-tests")
 os.environ.setdefault("GIT_AUTHOR_EMAIL", "tests@lmrec.invalid")
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_uri_left_as_found():
+    """``mlflow.set_tracking_uri`` writes ``MLFLOW_TRACKING_URI`` into ``os.environ``: a test
+    that calls it would point every later test of its worker (and their ``dvc repro`` or
+    ``lmrec`` subprocesses) at its store. Restore the variable after each test."""
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if saved is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = saved
+    tracking = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    registry = sys.modules.get("mlflow.tracking._model_registry.utils")
+    if tracking is not None:  # and MLflow's process-wide URIs (None: from the environment)
+        tracking._tracking_uri = None
+    if registry is not None:
+        registry._registry_uri = None
+
+
 @pytest.fixture(scope="session")
 def tiny_params():
     """The committed tiny profile (small synthetic data)."""

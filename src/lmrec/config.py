@@ -2,6 +2,10 @@
 
 Every stage reads only its own block (``load_params(path).validate``), so DVC's
 ``params:`` lists in ``dvc.yaml`` and these classes name the same keys.
+
+Length: every block of ``params.yaml`` lives here on purpose (one typed home of every default,
+read side by side with ``params.yaml``; ``tests/unit/test_sequential_params.py`` keeps them
+equal), so the file is as long as the params file is wide.
 """
 
 from __future__ import annotations
@@ -252,7 +256,7 @@ class TrainParams(Block):
 
 
 class EvaluateParams(Block):
-    """The evaluate stage: the DESIGN.md protocol on one split stage."""
+    """The evaluate stage: the docs/design.md protocol on one split stage."""
 
     stage: Literal["val", "test"] = "test"
     k: int = Field(10, ge=1)

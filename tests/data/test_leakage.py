@@ -1,4 +1,4 @@
-"""Leakage checks on the preprocess split (DESIGN.md, evaluation protocol).
+"""Leakage checks on the preprocess split (docs/design.md, evaluation protocol).
 
 - no validation/test interaction appears in training;
 - the cold items are absent from training, validation and test;

@@ -1,6 +1,6 @@
 """The HTTP service end to end: a real ``bentoml serve`` process per configuration, no mocks.
 
-Covers the DESIGN.md serving API: recommend by user id (pseudonymised or raw), by a posted
+Covers the docs/design.md serving API: recommend by user id (pseudonymised or raw), by a posted
 session history (unknown items ignored and listed) and cold start; the exposure policy's
 reserved slot (the tiny catalog has items without training interactions); explanations;
 MMR diversity; similar items; the feedback round trip into the store; bearer-token auth;

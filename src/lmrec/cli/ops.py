@@ -78,7 +78,8 @@ def versions(params: ParamsOpt = Path("params.yaml")) -> None:
         typer.echo(f"model {registry.name!r} has no versions yet")
         return
     for v in found:
-        ndcg = next((val for key, val in v.tags.items() if key.endswith("overall.ndcg_at_10")), "?")
+        ndcg = v.metric("overall.ndcg@10")
+        ndcg = "?" if ndcg is None else ndcg
         aliases = ",".join(v.aliases) or "-"
         rolled = "  (rolled back)" if "lmrec.rolled_back" in v.tags else ""
         typer.echo(f"  v{v.number:<4} {aliases:<20} ndcg@10 {ndcg}  run {v.run_id}{rolled}")

@@ -210,18 +210,19 @@ def evaluate(
         Path,
         typer.Option(help="output: metrics.json, comparison.json, slices.csv, report.png..."),
     ],
+    progress: Annotated[bool, typer.Option(help="show a progress bar over the models.")] = True,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Evaluate the candidate, its seed replicas, the baselines and the current champion.
 
-    The DESIGN.md protocol (full ranking, leave-one-out) on params evaluate.stage, with the
+    The docs/design.md protocol (full ranking, leave-one-out) on params evaluate.stage, with the
     cold-item, short-history and long-tail slices and beyond-accuracy metrics; a PNG report;
     the metrics and report logged to the candidate's MLflow run.
     """
     from lmrec.config import load_params
     from lmrec.stages import evaluate as stage
 
-    summary = stage.run(load_params(params), split, embeddings, train_dir, out)
+    summary = stage.run(load_params(params), split, embeddings, train_dir, out, progress)
     _show(f"evaluation written to {out}/ (report: {out}/report.png)", summary)
 
 
@@ -346,6 +347,7 @@ def package(
             "requirements/lmrec.lock.txt beside the bentofile."
         ),
     ] = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar over the steps.")] = True,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Package the registry's champion (and challenger) for serving.
@@ -358,6 +360,6 @@ def package(
     from lmrec.stages import package as stage
 
     record = stage.run(
-        load_params(params), split, embeddings, out, bentofile if build else None, lock
+        load_params(params), split, embeddings, out, bentofile if build else None, lock, progress
     )
     _show(f"packaged ({out}/package.json)", stage.summary(record))

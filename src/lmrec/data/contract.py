@@ -1,4 +1,4 @@
-"""The data contract every source is brought to (see DESIGN.md, "Data contract").
+"""The data contract every source is brought to (docs/design.md, "Data contract").
 
 interactions: user_id (str), item_id (str), timestamp (int64, unix s), event (str), value (float)
 items:        item_id (str), title (str), text (str), categories (str, ``|``-separated)

@@ -14,6 +14,9 @@ metrics:
   where fewer than ``k`` items could be recommended.
 
 Averages over an empty set of users are NaN: "not measured" rather than a misleading zero.
+
+Length: one pure function per metric, each with its definition in its docstring; kept in one
+file so the protocol's metrics are read (and reviewed) together.
 """
 
 from __future__ import annotations

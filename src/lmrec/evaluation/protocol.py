@@ -1,4 +1,4 @@
-"""The project's evaluation protocol (DESIGN.md, "Evaluation protocol") on a ``SplitData``.
+"""The project's evaluation protocol (docs/design.md, "Evaluation protocol") on a ``SplitData``.
 
 Leave-one-out with full ranking: each user with a target for the stage is scored over the
 whole catalog from the history ``split.history_for(user, stage)``; the history's items are

@@ -1,4 +1,4 @@
-"""Per-user pseudo-random order for same-second events (DESIGN.md, evaluation protocol).
+"""Per-user pseudo-random order for same-second events (docs/design.md, evaluation protocol).
 
 MovieLens has many ratings with the same timestamp. Ordering them by item id, or any
 function of the item alone, orders them the same way for every user, and a sequence

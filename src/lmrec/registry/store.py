@@ -7,7 +7,7 @@ passed the gate. Aliases, not the deprecated stages, say what is what:
 - ``challenger``: a registered version waiting for promotion (A/B tests serve it beside the
   champion); promotion removes the alias from the version it promotes.
 
-A version is one gated recipe with two models (DESIGN.md: the gate judges a candidate
+A version is one gated recipe with two models (docs/design.md: the gate judges a candidate
 trained on the split; what is served is the same recipe refit on everything):
 
 - the **served** model: the version's own MLflow model (its source), the refit on all data;
@@ -35,6 +35,9 @@ when set, else beside a SQLite database (``mlflow.db.lock``: every writer of tha
 shares its filesystem) or inside a file store; for a tracking server, under
 ``~/.cache/lmrec/locks``, which serialises the writers of one machine only; writers on
 several machines need ``$LMREC_REGISTRY_LOCK`` on a volume they share.
+
+Length: one class, ``Registry``, owns every read and write of the MLflow registry (versions,
+aliases, tags, locks); splitting it would spread the registry's invariants over files.
 """
 
 from __future__ import annotations
@@ -63,6 +66,15 @@ REFIT_DIGEST_TAG = "lmrec.refit_digest"
 CANDIDATE_MODEL_TAG = "lmrec.candidate_model_uri"
 HISTORY_TAG = "lmrec.champion_history"
 ROLLED_BACK_TAG = "lmrec.rolled_back"
+#: the prefix of the evaluated candidate's metric tags: metric.<stage>.<name>, "@" -> "_at_"
+METRIC_TAG_PREFIX = "metric."
+
+
+def metric_tag(stage: str, name: str) -> str:
+    """The tag of a version's evaluated metric ``name`` ("overall.ndcg@10") on ``stage``."""
+    return f"{METRIC_TAG_PREFIX}{stage}.{name}".replace("@", "_at_")
+
+
 #: Environment variable: the registry's lock file (default: ``registry_lock_path``).
 LOCK_ENV = "LMREC_REGISTRY_LOCK"
 #: Seconds a registry write waits for another one (each takes well under a second).
@@ -120,6 +132,19 @@ class Version:
     def digest(self) -> str | None:
         """The evaluated candidate's model digest (the version's identity)."""
         return self.tags.get(DIGEST_TAG)
+
+    def metric(self, name: str, stage: str | None = None) -> float | None:
+        """The evaluated candidate's metric ``name`` ("overall.ndcg@10") on ``stage``; with no
+        stage, on the one it was evaluated on. None when the version has no such tag."""
+        if stage is not None:
+            value = self.tags.get(metric_tag(stage, name))
+        else:
+            suffix = metric_tag("", name).removeprefix(METRIC_TAG_PREFIX)  # ".overall.ndcg_at_10"
+            tags = self.tags.items()
+            value = next(
+                (v for k, v in tags if k.startswith(METRIC_TAG_PREFIX) and k.endswith(suffix)), None
+            )
+        return None if value is None else float(value)
 
     @property
     def served_digest(self) -> str | None:

@@ -1,6 +1,6 @@
 """The recommendation engine behind the HTTP service: no HTTP here, so it is tested directly.
 
-``Engine`` answers the DESIGN.md API on one bundle:
+``Engine`` answers the docs/design.md API on one bundle:
 
 - ``recommend``: by ``user_id`` (the stored history of a known user), by a posted
   ``history`` (a session, no retraining), or both (stored history, then the session).
@@ -26,6 +26,10 @@ Scoring is exact for small catalogs; at ``serve.faiss_min_items`` items and abov
 with a two-tower form (``user_vectors`` + ``item_matrix``: the LM-powered model) search a
 faiss HNSW inner-product index instead. ``serve.quantize_int8`` applies dynamic int8
 quantisation to the user encoder. Bad requests raise ``RequestError`` (-> HTTP 4xx).
+
+Length: one class, ``Engine``, answers every endpoint on one bundle; its parts that stand
+alone already live beside it (``user_encoder``, ``known_users``, ``exposure``, ``fresh``,
+``faiss_index``, ``catalog_store``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The lmrec HTTP service (BentoML 1.4): the DESIGN.md serving API.
+"""The lmrec HTTP service (BentoML 1.4): the docs/design.md serving API.
 
     bentoml serve lmrec.serving.service:LmrecService       # or: lmrec serve
 
@@ -45,6 +45,10 @@ Privacy: the feedback log and the impression log (every answer's items by ``requ
 A/B: with a challenger loaded, ``serve.challenger_share`` of the users (by a salted hash of
 the user id; requests without one go to the champion) are served by the challenger. Every
 response names its ``variant`` and ``model_version``.
+
+Length: BentoML 1.4 takes the HTTP API as the methods of one ``@bentoml.service`` class,
+so every endpoint is here; the work behind them is in ``engine``, ``feedback``,
+``new_items`` and ``erasure``.
 """
 
 from __future__ import annotations

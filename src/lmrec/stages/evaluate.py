@@ -1,4 +1,4 @@
-"""Evaluate stage: the DESIGN.md protocol for the candidate, its seed replicas, the in-house
+"""Evaluate stage: the docs/design.md protocol for the candidate, its seed replicas, the in-house
 baselines and the current champion, on the same split.
 
 Writes to ``out_dir`` (each file atomically):
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from lmrec.artifacts import (
     BASELINE_PREFIX,
@@ -114,8 +115,16 @@ def _evaluate_champion(
     return {"label": f"champion v{champion.number}", "champion": info, **results}
 
 
-def run(params: Params, split_dir: Path, embed_dir: Path, train_dir: Path, out_dir: Path) -> dict:
-    """Evaluate every model, write the outputs, log to MLflow; return a printable summary."""
+def run(
+    params: Params,
+    split_dir: Path,
+    embed_dir: Path,
+    train_dir: Path,
+    out_dir: Path,
+    progress: bool = True,
+) -> dict:
+    """Evaluate every model, write the outputs, log to MLflow; return a printable summary
+    (``progress``: a bar over the models on stderr)."""
     split = load_split(split_dir)
     emb, _ = load_embeddings(embed_dir)
     item_ids = split.items["item_id"].astype(str).tolist()
@@ -126,24 +135,36 @@ def run(params: Params, split_dir: Path, embed_dir: Path, train_dir: Path, out_d
         )
     digest = model_digest(candidate_dir)
     candidate = load_model(candidate_dir)
-    models: dict[str, dict[str, Any]] = {
-        "candidate": {
-            "label": f"candidate ({candidate.name})",
-            **_protocol(LenientScorer(candidate), split, params, emb),
+    baselines, seeds = model_dirs(train_dir / BASELINES_DIR), model_dirs(train_dir / REPLICAS_DIR)
+    bar = tqdm(
+        total=2 + len(baselines) + len(seeds), desc="evaluate", unit="model", disable=not progress
+    )
+    with bar:
+        bar.set_postfix_str("candidate")
+        models: dict[str, dict[str, Any]] = {
+            "candidate": {
+                "label": f"candidate ({candidate.name})",
+                **_protocol(LenientScorer(candidate), split, params, emb),
+            }
         }
-    }
-    champion = _evaluate_champion(params, split, emb, digest)
-    if champion is not None:
-        models["champion"] = champion
-    for name, path in model_dirs(train_dir / BASELINES_DIR).items():
-        models[f"{BASELINE_PREFIX}{name}"] = {
-            "label": f"baseline {name}",
-            **_protocol(LenientScorer(load_model(path)), split, params, emb),
-        }
-    replicas = {
-        name: _protocol(LenientScorer(load_model(path)), split, params, emb)
-        for name, path in model_dirs(train_dir / REPLICAS_DIR).items()
-    }
+        bar.update()
+        bar.set_postfix_str("champion")
+        champion = _evaluate_champion(params, split, emb, digest)
+        if champion is not None:
+            models["champion"] = champion
+        bar.update()
+        for name, path in baselines.items():
+            bar.set_postfix_str(f"baseline {name}")
+            models[f"{BASELINE_PREFIX}{name}"] = {
+                "label": f"baseline {name}",
+                **_protocol(LenientScorer(load_model(path)), split, params, emb),
+            }
+            bar.update()
+        replicas = {}
+        for name, path in seeds.items():
+            bar.set_postfix_str(f"replica {name}")
+            replicas[name] = _protocol(LenientScorer(load_model(path)), split, params, emb)
+            bar.update()
     counts = split.items.sort_values("item_idx")["n_train"].to_numpy(dtype=np.float64)
     bins = min(params.evaluate.popularity_bins, split.n_items)
     comparison = {
@@ -247,7 +268,7 @@ def champion_age_days(comparison: dict[str, Any]) -> float | None:
     champ = comparison["models"].get("champion", {}).get("champion", {})
     if champ.get("registered_at") is None:
         return None
-    return round((time.time() - champ["registered_at"]) / 86_400.0, 3)
+    return round((time.time() - champ["registered_at"]) / 86_400.0, 6)  # 0.09 s
 
 
 def _summary(comparison: dict[str, Any]) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from lmrec.data.feedback import IMPRESSIONS_TABLE, TABLE
 from lmrec.io import DataError, atomic_path, json_safe, write_json
 from lmrec.monitoring.online import EVENT_COLUMNS, IMPRESSION_COLUMNS, online_report
 
-OFFLINE_METRIC = "overall.ndcg_at_10"
+OFFLINE_METRIC = "overall.ndcg@10"
 
 
 def read_logs(db: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -88,11 +88,11 @@ def offline_ndcg(uri: str, model_name: str, stage: str) -> tuple[dict[str, float
 
     out, notes = {}, []
     for version in Registry(uri, model_name).versions():
-        tag = version.tags.get(f"metric.{stage}.{OFFLINE_METRIC}")
-        if tag is None:
+        value = version.metric(OFFLINE_METRIC, stage)
+        if value is None:
             notes.append(f"offline NDCG@10: version {version.number} has no {stage} metric")
             continue
-        out[str(version.number)] = float(tag)
+        out[str(version.number)] = value
     return out, notes
 
 

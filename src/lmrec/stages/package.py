@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from tqdm.auto import tqdm
 
 from lmrec.artifacts import PACKAGE_FILE
 from lmrec.config import Params, ServeParams
@@ -137,6 +138,7 @@ def run(
     out_dir: Path,
     bentofile: Path | None = Path("bentofile.yaml"),
     lock: Path | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Package the champion (and challenger); build the Bento unless ``bentofile`` is None.
 
@@ -148,6 +150,7 @@ def run(
         bentofile: the Bento build file, or None to import the bundles only.
         lock: the lock file that pins the Bento's requirements (default:
             ``requirements/lmrec.lock.txt`` beside the bentofile, as ``src/`` is).
+        progress: a bar over the steps (each alias's bundle, the Bento build) on stderr.
     """
     requirements = []
     if bentofile is not None:
@@ -155,7 +158,9 @@ def run(
     registry = Registry(tracking_uri(params.train.mlflow.tracking_uri), params.register.model_name)
     record: dict[str, Any] = {"model_name": registry.name, "models": {}}
     tags = []
+    bar = tqdm(total=3 if bentofile else 2, desc="package", unit="step", disable=not progress)
     for alias in (CHAMPION, CHALLENGER):
+        bar.set_postfix_str(f"{alias} bundle")
         version = registry.alias(alias)
         if version is None:
             if alias == CHAMPION:
@@ -165,6 +170,7 @@ def run(
                 )
             removed = remove_models(BENTO_MODELS[alias])
             record["models"][alias] = {"version": None, "stale_removed": removed}
+            bar.update()
             continue
         labels = {
             "alias": alias,
@@ -181,13 +187,17 @@ def run(
         tag = import_bundle(bundle_dir, BENTO_MODELS[alias], labels)
         tags.append(tag)
         record["models"][alias] = {**info, "version": version.number, "bentoml_model": tag}
+        bar.update()
     if bentofile is not None:
+        bar.set_postfix_str("bentoml build")
         champion = record["models"][CHAMPION]
         bento_version = tags[0].split(":")[1]
         record["bento"] = build_bento(
             bentofile, tags, out_dir, bento_version, params.serve, requirements
         )
         record["bento_version_of"] = f"champion v{champion['version']}"
+        bar.update()
+    bar.close()
     write_json(out_dir / PACKAGE_FILE, record)
     return record
 

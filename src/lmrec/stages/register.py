@@ -45,6 +45,7 @@ from lmrec.registry.store import (
     REFIT_DIGEST_TAG,
     ROLLED_BACK_TAG,
     Registry,
+    metric_tag,
     model_digest,
 )
 from lmrec.train.tracking import data_version, flatten, git_commit, tracking_uri
@@ -122,13 +123,7 @@ def version_tags(
     }
     if run.get("mlflow_model_uri"):
         tags[CANDIDATE_MODEL_TAG] = str(run["mlflow_model_uri"])
-    tags.update(
-        {
-            f"metric.{stage}.{k}".replace("@", "_at_"): str(v)
-            for k, v in metrics.items()
-            if v is not None
-        }
-    )
+    tags.update({metric_tag(stage, k): str(v) for k, v in metrics.items() if v is not None})
     return tags
 
 
