@@ -12,7 +12,7 @@ savings that change no result:
   the user vector is the final state of the last token, and nothing reads the others.
 
 Pre-LN ``nn.TransformerEncoderLayer`` (GELU, the network's only form) is what it
-implements; ``tests/service/test_user_encoder.py`` holds it to the torch path.
+implements; ``tests/service/test_engine_fast_paths.py`` holds it to the torch path.
 """
 
 from __future__ import annotations

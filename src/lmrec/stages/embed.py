@@ -72,7 +72,10 @@ def run(
         )
         encoded = len(texts)
     else:
-        key = cache_key(encoder.path, weights, cfg.max_length, cfg.normalize)
+        key = cache_key(
+            encoder.path, weights, cfg.max_length, cfg.normalize,
+            encoder.pooling, encoder.layout.prompt,
+        )  # fmt: skip
         cache = EmbeddingCache(Path(cfg.cache_dir), key)
         embeddings, encoded = _encode_cached(encoder, cache, texts, cfg, progress, shard_texts)
     seconds = time.perf_counter() - start
@@ -82,7 +85,8 @@ def run(
         "dim": encoder.dim,
         "max_length": cfg.max_length,
         "normalize": cfg.normalize,
-        "pooling": "mean",
+        "pooling": encoder.pooling,
+        **({"prompt": encoder.layout.prompt} if encoder.layout.prompt else {}),
         "n_items": len(texts),
         "texts_sha256": texts_sha256(texts),
     }

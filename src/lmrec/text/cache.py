@@ -36,8 +36,16 @@ def text_sha256(texts: Sequence[str]) -> np.ndarray:
     return out
 
 
-def cache_key(model_dir: Path, weights: str, max_length: int, normalize: bool) -> str:
-    """The folder name of one encoder setting's vectors (a SHA-256, hex)."""
+def cache_key(
+    model_dir: Path,
+    weights: str,
+    max_length: int,
+    normalize: bool,
+    pooling: str = "mean",
+    prompt: str = "",
+) -> str:
+    """The folder name of one encoder setting's vectors (a SHA-256, hex): the pooling and
+    the prompt the encoder's folder declares are part of it (``TextEncoder.layout``)."""
     import torch
     import transformers
 
@@ -50,7 +58,8 @@ def cache_key(model_dir: Path, weights: str, max_length: int, normalize: bool) -
         "files": files,
         "max_length": max_length,
         "normalize": normalize,
-        "pooling": "mean",
+        "pooling": pooling,
+        **({"prompt": prompt} if prompt else {}),  # unprompted keys are what they always were
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }
