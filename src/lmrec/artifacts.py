@@ -33,15 +33,12 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lmrec.io import DataError, atomic_dir, write_json
-
-if TYPE_CHECKING:
-    from lmrec.models.base import Recommender
 
 # preprocess (lmrec.features.dataset writes the split)
 SPLIT_SUMMARY_FILE = "summary.json"
@@ -115,8 +112,15 @@ def load_embeddings(embed_dir: Path) -> tuple[np.ndarray, dict]:
 # -- model directories -------------------------------------------------------------------
 
 
+class SavesItself(Protocol):
+    """What ``write_model_dir`` needs of a model (``lmrec.models.base.Recommender`` is one;
+    named here so the bottom layer imports no model code, not even for type checking)."""
+
+    def save(self, directory: Path) -> None: ...
+
+
 def write_model_dir(
-    model: Recommender, directory: Path, item_ids: list[str], files: dict[str, Any]
+    model: SavesItself, directory: Path, item_ids: list[str], files: dict[str, Any]
 ) -> None:
     """Save ``model`` with its ``item_ids.json`` and extra files, atomically.
 

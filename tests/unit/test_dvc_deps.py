@@ -162,3 +162,13 @@ def test_stage_params_name_keys_that_exist(params_file):
                     break
                 node = node[part]
     assert not unknown, f"dvc.yaml params not in {params_file}: {unknown}"
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_deps_list_no_code_the_stage_does_not_import(name):
+    """An extra code dep reruns the stage for nothing when that code changes."""
+    stage = STAGES[name]
+    needed = closure(entry_roots(stage["cmd"]))
+    code = [str(d) for d in stage.get("deps", []) if str(d).startswith("src/")]
+    unused = [dep for dep in code if not any(covered(path, [dep]) for path in needed)]
+    assert not unused, f"dvc.yaml stage {name!r} lists code it never imports: {unused}"

@@ -82,21 +82,23 @@ def ingest(
     User ids are pseudonymised with HMAC-SHA256 salted by $LMREC_USER_ID_SALT (a public
     default is used when unset: set a secret in production).
     """
+    from pydantic import ValidationError
+
     from lmrec.config import IngestParams, load_params
     from lmrec.stages import ingest as stage
 
+    raw = load_params(params).ingest.model_dump()
+    synth = {"n_users": n_users, "n_items": n_items, "n_interactions": n_interactions}
+    raw["synthetic"].update({k: v for k, v in {**synth, "seed": seed}.items() if v is not None})
+    raw["columns"].update(_column_pairs(map_ or []))
+    raw["source"] = source or raw["source"]
     try:
-        raw = load_params(params).ingest.model_dump()
-        synth = {"n_users": n_users, "n_items": n_items, "n_interactions": n_interactions}
-        raw["synthetic"].update({k: v for k, v in {**synth, "seed": seed}.items() if v is not None})
-        raw["columns"].update(_column_pairs(map_ or []))
-        raw["source"] = source or raw["source"]
         cfg = IngestParams.model_validate(raw)
-        summary = stage.run(cfg, stage.IngestInputs(interactions, items), out)
-        if snapshot:
-            stage.snapshot(out, push=push)
-    except ValueError as err:  # pydantic's, on the merged options
-        raise LmrecError(str(err)) from None
+    except ValidationError as err:  # the options merged into params' ingest block
+        raise LmrecError(f"ingest options: {err}") from None
+    summary = stage.run(cfg, stage.IngestInputs(interactions, items), out)
+    if snapshot:
+        stage.snapshot(out, push=push)
     _show(f"ingested {cfg.source} into {out}/", summary)
 
 

@@ -21,11 +21,11 @@ import numpy as np
 from pydantic import BaseModel
 from safetensors.numpy import load_file, save_file
 
+from lmrec.artifacts import MODEL_CONFIG_FILE as CONFIG_FILE
 from lmrec.features.dataset import SplitData
 from lmrec.io import LmrecError, atomic_dir
 
 FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 
 

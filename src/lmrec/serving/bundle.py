@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from safetensors.numpy import load_file, save_file
 
-from lmrec.artifacts import ENCODER_FILE, item_index, load_embeddings
+from lmrec.artifacts import ENCODER_FILE, item_index, load_embeddings, read_item_ids
 from lmrec.features.dataset import load_split
 from lmrec.io import DataError, atomic_dir, write_json
 
@@ -43,7 +43,7 @@ def build_bundle(
     """Write a bundle for ``model_dir`` to ``out_dir`` atomically; return its bundle.json."""
     import shutil
 
-    model_ids = [str(i) for i in json.loads((model_dir / "item_ids.json").read_text())]
+    model_ids = read_item_ids(model_dir)
     index = item_index(model_ids)
     split = load_split(split_dir)
     embeddings, encoder = load_embeddings(embed_dir)

@@ -109,7 +109,10 @@ def serve_params() -> ServeParams:
     return load_params("params.yaml").serve if Path("params.yaml").is_file() else ServeParams()
 
 
-SERVE_PARAMS = serve_params()  # read once per process (the middleware needs it at import)
+# Read at import, on purpose: BentoML 1.4 builds the service's ASGI app from the class when
+# `bentoml serve` imports this module, and `add_asgi_middleware` below takes the body limit
+# as a constructor argument; the production check must stop the process before it serves.
+SERVE_PARAMS = serve_params()  # read once per process
 production.check()  # a production service without its tokens or salt never starts
 
 
