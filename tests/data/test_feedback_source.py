@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from lmrec.cli.dvc_stages import stage_argv
 from lmrec.config import FeedbackSourceParams, IngestParams
 from lmrec.data import feedback
 from lmrec.data.contract import INTERACTION_COLUMNS, ITEM_COLUMNS, items_frame, pseudonymise
@@ -205,8 +206,11 @@ def test_cli_ingest_from_feedback_writes_data_that_validates(feedback_files, tmp
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     lmrec = str(Path(sys.executable).parent / "lmrec")
 
-    def run(*args: str) -> subprocess.CompletedProcess:
-        cmd = [lmrec, *args, "--params", "params.yaml"]
+    def run(command: str) -> subprocess.CompletedProcess:
+        argv = [command, "--params", "params.yaml"]  # a stage: its paths as dvc.yaml gives them
+        if command != "ingest":
+            argv = stage_argv(command, *argv[1:], dvc_yaml=REPO / "dvc.yaml")[1:]
+        cmd = [lmrec, *argv]
         return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
 
     done = run("ingest")

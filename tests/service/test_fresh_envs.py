@@ -180,6 +180,7 @@ def test_a_missing_lock_file_is_a_clear_error_before_any_import(tmp_path, packag
     env = {**os.environ, "MLFLOW_TRACKING_URI": packaged["uri"]}
     env["BENTOML_HOME"] = str(tmp_path / "bentoml")
     cmd = [LMREC, "package", "--params", str(packaged["root"] / "params.yaml")]
+    cmd += ["--split", str(tmp_path / "split"), "--embeddings", str(tmp_path / "embed")]
     cmd += ["--out", str(tmp_path / "pkg"), "--bentofile", str(REPO / "bentofile.yaml")]
     cmd += ["--lock", str(tmp_path / "missing.lock.txt")]
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -91,7 +91,8 @@ def store_models(ws: dict) -> list[tuple[str, str, str]]:
 
 def test_no_champion_is_a_clear_error(ws):
     env = {**os.environ, "MLFLOW_TRACKING_URI": ws["uri"], "BENTOML_HOME": str(ws["root"] / "bh")}
-    cmd = [LMREC, "package", "--params", str(ws["params"]), "--no-build"]
+    cmd = [LMREC, "package", "--params", str(ws["params"]), "--no-build", "--split", "s"]
+    cmd += ["--embeddings", "e", "--out", "pkg", "--bentofile", str(REPO / "bentofile.yaml")]
     done = subprocess.run(cmd, cwd=ws["root"], env=env, capture_output=True, text=True)
     assert done.returncode == 1
     assert "has no champion" in done.stderr
