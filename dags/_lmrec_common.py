@@ -13,8 +13,11 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-#: The repository these DAGs ship in: the default workspace.
+#: The repository these DAGs ship in.
 REPO = Path(__file__).resolve().parents[1]
+#: The runs' default workspace (the ``workspace`` Param): $LMREC_WORKSPACE as the scheduler
+#: sees it (the Airflow image sets /opt/lmrec/workspace), else the checkout above dags/.
+DEFAULT_WORKSPACE = os.environ.get("LMREC_WORKSPACE") or str(REPO)
 #: The package virtualenv whose `lmrec` and `dvc` the tasks run; $LMREC_VENV (seen by the
 #: scheduler) sets the default, the Airflow Variable `lmrec_venv` overrides it per deployment.
 DEFAULT_VENV = os.environ.get("LMREC_VENV") or str(REPO / ".venv")
@@ -61,7 +64,7 @@ def record_failure(context) -> None:
     """
     ti = context["ti"]
     params = context.get("params") or {}
-    workspace = Path(params.get("workspace") or REPO)
+    workspace = Path(params.get("workspace") or DEFAULT_WORKSPACE)
     record = {
         "time": datetime.now(UTC).isoformat(),
         "dag_id": ti.dag_id,

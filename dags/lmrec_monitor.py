@@ -22,7 +22,7 @@ significant disagreement of offline NDCG@10 and online CTR on two versions.
 
 from __future__ import annotations
 
-from _lmrec_common import PROLOGUE, REPO, START, default_args, task_env
+from _lmrec_common import DEFAULT_WORKSPACE, PROLOGUE, START, default_args, task_env
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Param, chain, dag, task
 
@@ -53,7 +53,7 @@ lmrec online-report --params params.yaml "${feedback[@]}" --out artifacts/monito
     default_args=default_args(),
     tags=["lmrec"],
     params={
-        "workspace": Param(str(REPO), type="string", description="checkout to run in"),
+        "workspace": Param(DEFAULT_WORKSPACE, type="string", description="checkout to run in"),
         "feedback": Param(
             "", type="string", description="feedback log ('': params serve.feedback_db)"
         ),

@@ -35,8 +35,8 @@ from pathlib import Path
 
 from _lmrec_common import (
     DEFAULT_WORKDIRS,
+    DEFAULT_WORKSPACE,
     PROLOGUE,
-    REPO,
     START,
     WORKDIRS,
     default_args,
@@ -136,7 +136,7 @@ def _merge(base: dict, update: dict) -> dict:
     default_args=default_args(),
     tags=["lmrec"],
     params={
-        "workspace": Param(str(REPO), type="string", description="checkout to run in"),
+        "workspace": Param(DEFAULT_WORKSPACE, type="string", description="checkout to run in"),
         "source": Param("", enum=SOURCES, description="ingest source ('': ingest.source)"),
         # optional strings are nullable: the web UI's trigger form holds back a run while a
         # field of a non-null type is empty (and sends null for a field cleared by hand)

@@ -38,3 +38,19 @@ def test_no_required_param_starts_empty(airflow_env):
     assert {"interactions", "items", "params_file", "epochs"} <= set(params)
     empty = [k for k, p in params.items() if _required(p["schema"]) and p["value"] in (None, "")]
     assert empty == [], f"the trigger form stays disabled until these are filled: {empty}"
+
+
+def test_the_workspace_defaults_to_the_schedulers_lmrec_workspace(airflow_env, tmp_path):
+    """The Airflow image sets $LMREC_WORKSPACE (the bind-mounted checkout); without it, the
+    checkout the DAG files sit in."""
+    for value, expected in ((str(tmp_path), str(tmp_path)), (None, str(DAGS.parent))):
+        env = {k: v for k, v in airflow_env.items() if k != "LMREC_WORKSPACE"}
+        if value is not None:
+            env["LMREC_WORKSPACE"] = value
+        done = subprocess.run(
+            [str(AIRFLOW_PY), "-c", PARAMS_SCRIPT, str(DAGS)],
+            capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        params = json.loads(done.stdout.strip().splitlines()[-1])
+        assert params["workspace"]["value"] == expected
