@@ -28,13 +28,18 @@ def _required(schema: dict) -> bool:
     return bool(kind) and not (isinstance(kind, list) and "null" in kind)
 
 
-def test_no_required_param_starts_empty(airflow_env):
+def _retrain_params(env: dict[str, str]) -> dict:
+    """lmrec_retrain's Params as the DAG processor parses them with ``env``."""
     done = subprocess.run(
         [str(AIRFLOW_PY), "-c", PARAMS_SCRIPT, str(DAGS)],
-        capture_output=True, text=True, env=airflow_env, timeout=300,
+        capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    params = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_no_required_param_starts_empty(airflow_env):
+    params = _retrain_params(airflow_env)
     assert {"interactions", "items", "params_file", "epochs"} <= set(params)
     empty = [k for k, p in params.items() if _required(p["schema"]) and p["value"] in (None, "")]
     assert empty == [], f"the trigger form stays disabled until these are filled: {empty}"
@@ -47,10 +52,4 @@ def test_the_workspace_defaults_to_the_schedulers_lmrec_workspace(airflow_env, t
         env = {k: v for k, v in airflow_env.items() if k != "LMREC_WORKSPACE"}
         if value is not None:
             env["LMREC_WORKSPACE"] = value
-        done = subprocess.run(
-            [str(AIRFLOW_PY), "-c", PARAMS_SCRIPT, str(DAGS)],
-            capture_output=True, text=True, env=env, timeout=300,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr[-3000:]
-        params = json.loads(done.stdout.strip().splitlines()[-1])
-        assert params["workspace"]["value"] == expected
+        assert _retrain_params(env)["workspace"]["value"] == expected

@@ -31,6 +31,14 @@ def _registry(params: Path, create: bool = True):
     return Registry(uri, cfg.register.model_name)
 
 
+def _show_change(change, how: str = "") -> None:
+    """One line saying where the champion alias points now (``AliasChange``)."""
+    if change.changed:
+        typer.echo(f"champion: version {change.before} -> version {change.after}{how}")
+    else:
+        typer.echo(f"champion unchanged: version {change.after}")
+
+
 @app.command()
 def promote(
     version: Annotated[
@@ -39,11 +47,7 @@ def promote(
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Make a registered version the champion (the one served). A no-op if it already is."""
-    change = _registry(params).promote(version)
-    if change.changed:
-        typer.echo(f"champion: version {change.before} -> version {change.after}")
-    else:
-        typer.echo(f"champion unchanged: version {change.after}")
+    _show_change(_registry(params).promote(version))
 
 
 @app.command()
@@ -62,11 +66,7 @@ def rollback(
     The rolled-back version is tagged lmrec.rolled_back and the pipeline does not promote
     it again on its own (`lmrec promote --version N` does).
     """
-    change = _registry(params).rollback(from_version)
-    if change.changed:
-        typer.echo(f"champion: version {change.before} -> version {change.after} (rolled back)")
-    else:
-        typer.echo(f"champion unchanged: version {change.after}")
+    _show_change(_registry(params).rollback(from_version), " (rolled back)")
 
 
 @app.command()
