@@ -407,7 +407,8 @@ def markdown(payload: dict[str, Any]) -> str:
                 "-"
                 if st is None
                 else (
-                    f"{st['seconds']:.0f} s, {st['peak_rss_gb']:.1f} GB"
+                    f"{st['seconds']:.0f} s, "
+                    + (f"{st['peak_rss_gb']:.1f} GB" if "peak_rss_gb" in st else "RSS not recorded")
                     + ("" if st["status"] == "ok" else " (not finished)")
                 )
             )
