@@ -19,7 +19,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from lmrec.cli.dvc_stages import DVC_STAGES, stage_argv
+from lmrec.cli.dvc_stages import stage_argv, stage_names
 from lmrec.exit_codes import ExitCode
 from lmrec.features.dataset import load_split
 from lmrec.models.random import RandomRecommender
@@ -61,7 +61,7 @@ def write_params(root: Path, name: str, **train) -> Path:
 def lmrec(root: Path, command: str, params: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db"}
     argv = [command, "--params", str(params), *extra]
-    if command in DVC_STAGES:  # the stage's paths as dvc.yaml gives them
+    if command in stage_names(REPO / "dvc.yaml"):  # its paths as dvc.yaml gives them
         argv = stage_argv(command, *argv[1:], dvc_yaml=REPO / "dvc.yaml")[1:]
     cmd = [LMREC, *argv]
     return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)

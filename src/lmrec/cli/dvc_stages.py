@@ -14,11 +14,6 @@ import yaml
 
 from lmrec.io import LmrecError
 
-#: the commands that are ``dvc.yaml`` stages (``tests/unit/test_cli_paths.py`` checks it)
-DVC_STAGES = (
-    "validate", "preprocess", "embed", "train", "evaluate", "gate", "refit", "register", "package",
-)  # fmt: skip
-
 
 def _options(tokens: list[str]) -> dict[str, list[str]]:
     """``--flag value`` pairs and bare flags, keyed by the flag without ``--`` / ``--no-``."""
@@ -36,6 +31,11 @@ def _options(tokens: list[str]) -> dict[str, list[str]]:
             found[key] = [flag]
             i += 1
     return found
+
+
+def stage_names(dvc_yaml: Path | str = "dvc.yaml") -> list[str]:
+    """The stages ``dvc_yaml`` declares, in its order."""
+    return list(yaml.safe_load(Path(dvc_yaml).read_text()).get("stages", {}))
 
 
 def stage_argv(stage: str, *overrides: str, dvc_yaml: Path | str = "dvc.yaml") -> list[str]:

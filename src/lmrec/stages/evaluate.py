@@ -33,11 +33,13 @@ from lmrec.artifacts import (
     BASELINE_PREFIX,
     BASELINES_DIR,
     COMPARISON_FILE,
+    CURVE_FILE,
     METRICS_FILE,
     MODEL_DIR,
     REPLICAS_DIR,
     REPORT_FILE,
     RUN_FILE,
+    SLICES_FILE,
     load_embeddings,
     model_dirs,
     read_item_ids,
@@ -178,8 +180,8 @@ def run(
     out_dir.mkdir(parents=True, exist_ok=True)
     write_comparison(out_dir, comparison)
     write_json(out_dir / METRICS_FILE, _metrics(comparison))
-    write_slices_csv(out_dir / "slices.csv", comparison)
-    write_curve_csv(out_dir / "popularity_curve.csv", comparison)
+    write_slices_csv(out_dir / SLICES_FILE, comparison)
+    write_curve_csv(out_dir / CURVE_FILE, comparison)
     write_report(comparison, out_dir / REPORT_FILE)
     _log_to_mlflow(params, train_dir, out_dir, comparison)
     return _summary(comparison)
