@@ -31,6 +31,8 @@ and ``<out>/serving.md``.
 
     python benchmarks/serving.py                       # both scenarios, 60 s per mode
     python benchmarks/serving.py --scenarios movielens --duration 5
+    python benchmarks/serving.py --bundle /work/scale/10M/artifacts/package/bundles/champion \
+        --out /tmp/serving-10M      # any serving bundle (e.g. benchmarks/scale.py's 10M one)
 """
 
 from __future__ import annotations
@@ -133,6 +135,17 @@ def movielens(work: Path, log) -> Scenario:
     log(f"movielens: bundle built in {bundle}")
     params = write_params(work / "movielens" / "params.yaml")
     return Scenario("movielens", bundle, params, bundle_facts(bundle, params))
+
+
+def given_bundle(work: Path, bundle: Path, log) -> Scenario:
+    """A serving bundle built elsewhere (``lmrec package``'s ``bundles/champion``), served
+    with the default ServeParams (faiss HNSW from ``faiss_min_items`` items on)."""
+    if not (bundle / "bundle.json").is_file():
+        raise SystemExit(f"--bundle {bundle}: no bundle.json there (a serving bundle directory)")
+    params = write_params(work / "bundle.yaml")
+    log(f"bundle: {bundle}")
+    facts = {**bundle_facts(bundle, params), "bundle": str(bundle.resolve())}
+    return Scenario("bundle", bundle.resolve(), params, facts)
 
 
 def synthetic(work: Path, embeddings: str, log) -> Scenario:
@@ -673,6 +686,8 @@ def markdown(payload: dict[str, Any]) -> str:
         ]
         if sf.get("note"):
             lines += [f"Stand-in: {sf['note']}.", ""]
+        if sf.get("bundle"):
+            lines += [f"Bundle: `{sf['bundle']}` (`--bundle`).", ""]
         lines += [
             "| service | mode | req/s | p50 ms | p95 ms | p99 ms | errors | CPU client "
             "| CPU server | CPU other |",
@@ -772,9 +787,17 @@ def main(argv: list[str] | None = None) -> int:
         help="most seconds to wait for a busy machine to quieten before each server",
     )
     parser.add_argument("--inprocess-requests", type=int, default=200, help="0 skips them")
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        help="measure this serving bundle instead of --scenarios (e.g. the 10M scale run's "
+        "artifacts/package/bundles/champion); in-process timings: exact vs faiss",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results")
     args = parser.parse_args(argv)
-    if unknown := sorted(set(args.scenarios) - set(SCENARIOS)):
+    if args.bundle is not None:
+        args.scenarios = ["bundle"]
+    elif unknown := sorted(set(args.scenarios) - set(SCENARIOS)):
         parser.error(f"unknown scenarios {unknown}; known: {', '.join(SCENARIOS)}")
 
     def log(message: str) -> None:
@@ -789,7 +812,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="lmrec-serving-bench-") as tmp:
         work = Path(tmp)
         for name in args.scenarios:
-            if name == "movielens":
+            if name == "bundle":
+                scenario = given_bundle(work, args.bundle, log)
+            elif name == "movielens":
                 scenario = movielens(work, log)
             else:
                 scenario = synthetic(work, args.synthetic_embeddings, log)
