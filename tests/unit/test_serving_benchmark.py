@@ -54,3 +54,8 @@ def test_runs_are_pooled_by_request_and_second(bench):
     assert merged["p50_ms"] == 1.0 and merged["p99_ms"] == 10.0
     assert merged["server_cpu"] == pytest.approx((1.0 * 1 + 0.5 * 2) / 3)
     assert merged["runs"] == [(300.0, 1.0), (50.0, 10.0)]
+
+
+def test_a_given_bundle_without_bundle_json_is_refused_by_name(bench, tmp_path):
+    with pytest.raises(SystemExit, match=r"--bundle .*no bundle\.json"):
+        bench.given_bundle(tmp_path, tmp_path / "missing", print)
