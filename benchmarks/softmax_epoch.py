@@ -10,6 +10,15 @@ their ratio.
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/softmax_epoch.py \
         --items 2000 5000 10000 20000 60000 --steps 12
 
+With ``--updates`` the lines compare, for the sampled softmax only, how the parameters are
+updated: ``adamw`` (unfused AdamW with dense ID gradients: the training loop before
+2026-12-04), ``fused`` (fused AdamW, dense ID gradients), ``sparse`` (the loop's default:
+fused AdamW, the sparse ID gradient densified once a step) and ``lazy`` (the loop with
+``lazy_id_updates``: SparseAdam on the rows a step used), alternating step by step:
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/softmax_epoch.py \
+        --items 20000 60000 200000 --steps 12 --updates adamw fused sparse lazy
+
 With ``--split`` (a preprocess directory) and ``--embed`` (its embed directory) the steps
 run instead on that split's real training windows and text embeddings (the first
 ``--steps`` batches of epoch 0's shuffled order, the same batches for both softmaxes), and
@@ -19,7 +28,6 @@ the line adds the epoch's batch count and the epoch seconds each step time impli
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import time
@@ -31,6 +39,7 @@ import torch
 from lmrec.artifacts import load_embeddings
 from lmrec.config import SequentialParams, load_params
 from lmrec.features.dataset import load_split
+from lmrec.models.sequential_fit import DataParallel, TrainingLoop
 from lmrec.models.sequential_loss import NextItemObjective
 from lmrec.models.sequential_net import BOS, N_SPECIAL, SequentialNet
 from lmrec.models.sequential_windows import StreamedWindows
@@ -58,8 +67,8 @@ def step_ms(p: SequentialParams, n_items: int, steps: int, seed: int = 0) -> tup
     popularity = 1.0 / np.arange(1, n_items + 1) ** 0.8  # Zipf-like, as logs are
     popularity = torch.from_numpy(popularity / popularity.sum()).float()
     runs = [
-        _objective(dataclasses.replace(p, full_softmax_max_items=n_items), n_items, popularity),
-        _objective(dataclasses.replace(p, full_softmax_max_items=1), n_items, popularity),
+        _objective(p.model_copy(update={"full_softmax_max_items": n_items}), n_items, popularity),
+        _objective(p.model_copy(update={"full_softmax_max_items": 1}), n_items, popularity),
     ]
     times: list[list[float]] = [[], []]
     for _ in range(steps + 1):
@@ -77,6 +86,58 @@ def step_ms(p: SequentialParams, n_items: int, steps: int, seed: int = 0) -> tup
     return full, sampled
 
 
+def update_step_ms(p: SequentialParams, n_items: int, steps: int, modes: list[str]) -> dict:
+    """Median sampled-softmax step milliseconds per update mode (see the module docstring)."""
+    torch.manual_seed(0)
+    popularity = 1.0 / np.arange(1, n_items + 1) ** 0.8
+    popularity = torch.from_numpy(popularity / popularity.sum()).float()
+    sampled = p.model_copy(update={"full_softmax_max_items": 1})
+    text = torch.randn(n_items, 384)
+    steppers = []
+    for mode in modes:
+        net = SequentialNet(
+            n_items, p.dim, p.heads, p.layers, p.dropout, p.max_len, item_text=text,
+            id_known=popularity > 0, id_embeddings=p.id_embeddings,
+        )  # fmt: skip
+        if mode == "adamw":
+            objective = NextItemObjective(net, None, popularity, sampled)
+            optimizer = torch.optim.AdamW(
+                [q for q in net.parameters()], lr=p.lr, weight_decay=p.weight_decay, foreach=True
+            )
+
+            def step(optimizer=optimizer) -> None:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+        else:
+            q = sampled.model_copy(update={"lazy_id_updates": mode == "lazy"})
+            loop = TrainingLoop(net, None, popularity.numpy(), q, torch.device("cpu"),
+                                DataParallel())  # fmt: skip
+            if mode == "fused" and net.item_id is not None:  # dense ID gradients
+                net.item_id.sparse, loop.sparse_ids = False, None
+            objective = loop.objective
+
+            def step(loop=loop) -> None:
+                loop._optimizer_step(0.5)
+
+        steppers.append((objective, step))
+    times: list[list[float]] = [[] for _ in modes]
+    for _ in range(steps + 1):
+        items = torch.multinomial(popularity, p.batch_size * (p.max_len + 1), replacement=True)
+        items = items.view(p.batch_size, p.max_len + 1)
+        tokens = torch.cat([torch.full((p.batch_size, 1), BOS), items[:, :-1] + N_SPECIAL], 1)
+        for (objective, step), spent in zip(steppers, times, strict=True):
+            start = time.perf_counter()
+            loss, _ = objective(tokens, items, 1.0 / items.numel())
+            loss.backward()
+            step()
+            spent.append(time.perf_counter() - start)
+    row: dict = {"n_items": n_items}
+    for mode, spent in zip(modes, times, strict=True):
+        row[f"{mode}_ms"] = round(1000 * statistics.median(spent[1:]), 1)
+    return row
+
+
 def split_step_ms(p: SequentialParams, split_dir: Path, embed_dir: Path, steps: int) -> dict:
     """Full vs sampled step times on a split's real windows (alternating, same batches)."""
     torch.manual_seed(p.seed)
@@ -89,9 +150,9 @@ def split_step_ms(p: SequentialParams, split_dir: Path, embed_dir: Path, steps: 
     order = np.random.default_rng([p.seed, 0]).permutation(len(windows))
     n_batches = -(-len(windows) // p.batch_size)
     runs = [
-        _objective(dataclasses.replace(p, full_softmax_max_items=split.n_items), split.n_items,
+        _objective(p.model_copy(update={"full_softmax_max_items": split.n_items}), split.n_items,
                    popularity, text),
-        _objective(dataclasses.replace(p, full_softmax_max_items=1), split.n_items, popularity,
+        _objective(p.model_copy(update={"full_softmax_max_items": 1}), split.n_items, popularity,
                    text),
     ]  # fmt: skip
     times: list[list[float]] = [[], []]
@@ -121,6 +182,12 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--items", type=int, nargs="+", default=[2000, 5000, 10000, 20000])
     parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument(
+        "--updates",
+        nargs="+",
+        choices=("adamw", "fused", "sparse", "lazy"),
+        help="compare update modes of the sampled softmax instead",
+    )
     parser.add_argument("--split", type=Path, help="a preprocess directory: real windows")
     parser.add_argument("--embed", type=Path, help="its embed directory (with --split)")
     args = parser.parse_args()
@@ -130,7 +197,9 @@ def main() -> None:
     if args.split is not None:
         print(json.dumps(split_step_ms(p, args.split, args.embed, args.steps)), flush=True)
         return
-    for n_items in args.items:
+    for n_items in args.items if args.updates else []:
+        print(json.dumps(update_step_ms(p, n_items, args.steps, args.updates)), flush=True)
+    for n_items in args.items if not args.updates else []:
         full, sampled = step_ms(p, n_items, args.steps)
         row = {"n_items": n_items, "full_ms": round(full, 1), "sampled_ms": round(sampled, 1)}
         row["ratio"] = round(full / sampled, 2)

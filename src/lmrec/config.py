@@ -158,6 +158,10 @@ class SequentialParams(Block):
             use a sampled softmax (on CPU a full step costs ~1.9x a sampled one at 5k items,
             5.4x at 20k: benchmarks/results/scale_training.md).
         n_negatives: negatives per step in the sampled softmax (shared across the batch).
+        lazy_id_updates: with the sampled softmax in one process, update only the ID
+            embeddings a step used (sparse gradients, ``torch.optim.SparseAdam``, no weight
+            decay on that table) instead of AdamW over the whole table every step, whose
+            cost grows with the catalog (benchmarks/results/scale_training.md section 3).
         lr_schedule: "constant", or "cosine" (decay to 0 over ``epochs``, set per step).
         grad_accum_steps: batches whose gradients are summed before one optimizer step.
         precision: "auto" (bf16 autocast on CUDA with bf16 support, else fp32), "fp32"
@@ -194,6 +198,7 @@ class SequentialParams(Block):
     weight_decay: float = Field(0.1, ge=0)
     full_softmax_max_items: int = Field(4_000, ge=1)
     n_negatives: int = Field(1024, ge=1)
+    lazy_id_updates: bool = False
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     grad_accum_steps: int = Field(1, ge=1)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
