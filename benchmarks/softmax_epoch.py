@@ -57,71 +57,19 @@ def _objective(
     return NextItemObjective(net, None, popularity, p), optimizer
 
 
-def step_ms(p: SequentialParams, n_items: int, steps: int, seed: int = 0) -> tuple[float, float]:
-    """Median milliseconds of one full-softmax and one sampled-softmax training step.
-
-    The two alternate step by step, so that load from other processes on a shared machine
-    slows both alike; the first step of each is a warm-up and not counted.
-    """
-    torch.manual_seed(seed)
-    popularity = 1.0 / np.arange(1, n_items + 1) ** 0.8  # Zipf-like, as logs are
-    popularity = torch.from_numpy(popularity / popularity.sum()).float()
-    runs = [
-        _objective(p.model_copy(update={"full_softmax_max_items": n_items}), n_items, popularity),
-        _objective(p.model_copy(update={"full_softmax_max_items": 1}), n_items, popularity),
-    ]
-    times: list[list[float]] = [[], []]
-    for _ in range(steps + 1):
-        items = torch.multinomial(popularity, p.batch_size * (p.max_len + 1), replacement=True)
-        items = items.view(p.batch_size, p.max_len + 1)
-        tokens = torch.cat([torch.full((p.batch_size, 1), BOS), items[:, :-1] + N_SPECIAL], 1)
-        for (objective, optimizer), spent in zip(runs, times, strict=True):
-            start = time.perf_counter()
-            loss, _ = objective(tokens, items, 1.0 / items.numel())
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            spent.append(time.perf_counter() - start)
-    full, sampled = (1000 * statistics.median(t[1:]) for t in times)
-    return full, sampled
-
-
-def update_step_ms(p: SequentialParams, n_items: int, steps: int, modes: list[str]) -> dict:
-    """Median sampled-softmax step milliseconds per update mode (see the module docstring)."""
-    torch.manual_seed(0)
+def _zipf(n_items: int) -> torch.Tensor:
+    """Zipf-like item popularity (as logs are), summing to 1."""
     popularity = 1.0 / np.arange(1, n_items + 1) ** 0.8
-    popularity = torch.from_numpy(popularity / popularity.sum()).float()
-    sampled = p.model_copy(update={"full_softmax_max_items": 1})
-    text = torch.randn(n_items, 384)
-    steppers = []
-    for mode in modes:
-        net = SequentialNet(
-            n_items, p.dim, p.heads, p.layers, p.dropout, p.max_len, item_text=text,
-            id_known=popularity > 0, id_embeddings=p.id_embeddings,
-        )  # fmt: skip
-        if mode == "adamw":
-            objective = NextItemObjective(net, None, popularity, sampled)
-            optimizer = torch.optim.AdamW(
-                [q for q in net.parameters()], lr=p.lr, weight_decay=p.weight_decay, foreach=True
-            )
+    return torch.from_numpy(popularity / popularity.sum()).float()
 
-            def step(optimizer=optimizer) -> None:
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
 
-        else:
-            q = sampled.model_copy(update={"lazy_id_updates": mode == "lazy"})
-            loop = TrainingLoop(net, None, popularity.numpy(), q, torch.device("cpu"),
-                                DataParallel())  # fmt: skip
-            if mode == "fused" and net.item_id is not None:  # dense ID gradients
-                net.item_id.sparse, loop.sparse_ids = False, None
-            objective = loop.objective
+def _alternate(steppers: list, p: SequentialParams, popularity: torch.Tensor, steps: int):
+    """Median step milliseconds of each ``(objective, step)`` on the same random batches.
 
-            def step(loop=loop) -> None:
-                loop._optimizer_step(0.5)
-
-        steppers.append((objective, step))
-    times: list[list[float]] = [[] for _ in modes]
+    They alternate step by step, so that load from other processes on a shared machine
+    slows all alike; the first step of each is a warm-up and not counted.
+    """
+    times: list[list[float]] = [[] for _ in steppers]
     for _ in range(steps + 1):
         items = torch.multinomial(popularity, p.batch_size * (p.max_len + 1), replacement=True)
         items = items.view(p.batch_size, p.max_len + 1)
@@ -132,9 +80,57 @@ def update_step_ms(p: SequentialParams, n_items: int, steps: int, modes: list[st
             loss.backward()
             step()
             spent.append(time.perf_counter() - start)
+    return [1000 * statistics.median(t[1:]) for t in times]
+
+
+def _optimizer_stepper(optimizer: torch.optim.Optimizer):
+    def step() -> None:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def step_ms(p: SequentialParams, n_items: int, steps: int, seed: int = 0) -> tuple[float, float]:
+    """Median milliseconds of one full-softmax and one sampled-softmax training step."""
+    torch.manual_seed(seed)
+    popularity = _zipf(n_items)
+    steppers = []
+    for max_full in (n_items, 1):
+        objective, optimizer = _objective(
+            p.model_copy(update={"full_softmax_max_items": max_full}), n_items, popularity
+        )
+        steppers.append((objective, _optimizer_stepper(optimizer)))
+    full, sampled = _alternate(steppers, p, popularity, steps)
+    return full, sampled
+
+
+def update_step_ms(p: SequentialParams, n_items: int, steps: int, modes: list[str]) -> dict:
+    """Median sampled-softmax step milliseconds per update mode (see the module docstring)."""
+    torch.manual_seed(0)
+    popularity = _zipf(n_items)
+    sampled = p.model_copy(update={"full_softmax_max_items": 1})
+    text = torch.randn(n_items, 384)
+    steppers = []
+    for mode in modes:
+        net = SequentialNet(
+            n_items, p.dim, p.heads, p.layers, p.dropout, p.max_len, item_text=text,
+            id_known=popularity > 0, id_embeddings=p.id_embeddings,
+        )  # fmt: skip
+        if mode == "adamw":
+            objective = NextItemObjective(net, None, popularity, sampled)
+            params = list(net.parameters())
+            adamw = torch.optim.AdamW(params, lr=p.lr, weight_decay=p.weight_decay, foreach=True)
+            steppers.append((objective, _optimizer_stepper(adamw)))
+            continue
+        q = sampled.model_copy(update={"lazy_id_updates": mode == "lazy"})
+        loop = TrainingLoop(net, None, popularity.numpy(), q, torch.device("cpu"), DataParallel())
+        if mode == "fused" and net.item_id is not None:  # dense ID gradients
+            net.item_id.sparse, loop.sparse_ids = False, None
+        steppers.append((loop.objective, lambda loop=loop: loop._optimizer_step(0.5)))
+    medians = _alternate(steppers, p, popularity, steps)
     row: dict = {"n_items": n_items}
-    for mode, spent in zip(modes, times, strict=True):
-        row[f"{mode}_ms"] = round(1000 * statistics.median(spent[1:]), 1)
+    row.update({f"{mode}_ms": round(ms, 1) for mode, ms in zip(modes, medians, strict=True)})
     return row
 
 
