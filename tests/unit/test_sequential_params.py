@@ -154,6 +154,8 @@ def test_loading_params_does_not_import_torch():
 
 #: config.json's ``params`` for the tiny profile as the SequentialParams dataclass wrote it
 #: before it became a pydantic block (artifacts/train/model/config.json of a tiny run).
+#: ``ADDED_SINCE`` are the keys added after it, with their defaults.
+ADDED_SINCE = {"lazy_id_updates": False}
 DATACLASS_CONFIG_PARAMS = {
     "batch_size": 64,
     "device": "auto",
@@ -204,8 +206,17 @@ def test_saved_config_json_is_the_dataclass_one_and_round_trips_byte_for_byte(tm
     saved = json.loads(text)["params"]
     # Same keys, values and JSON types (0.0 stays 0.0, not 0; true is not 1): the same bytes.
     as_written = json.dumps(saved, indent=2, sort_keys=True)
-    assert as_written == json.dumps(DATACLASS_CONFIG_PARAMS, indent=2, sort_keys=True)
+    expected = {**DATACLASS_CONFIG_PARAMS, **ADDED_SINCE}
+    assert as_written == json.dumps(expected, indent=2, sort_keys=True)
     loaded = load_model(tmp_path / "a")
     assert loaded.params == params and type(loaded.params) is SequentialParams
     loaded.save(tmp_path / "b")
     assert (tmp_path / "b" / CONFIG_FILE).read_text() == text
+
+
+def test_a_config_saved_before_keys_were_added_loads_with_their_defaults():
+    from lmrec.models.sequential import SequentialRecommender
+
+    model = SequentialRecommender.from_config(DATACLASS_CONFIG_PARAMS)
+    for key, default in ADDED_SINCE.items():
+        assert getattr(model.params, key) == default
