@@ -375,8 +375,11 @@ class OutputWatcher:
     records each visible state of each (the set of visible file names under it), so a test
     can ask whether a half-written model was ever in place."""
 
-    def __init__(self, root: Path, names: list[str]) -> None:
-        self.root, self.names = root, names
+    def __init__(self, root: Path, names: list[str], after_removal: bool = False) -> None:
+        # after_removal: record nothing until none of the directories exists. ``dvc repro``
+        # deletes a stage's old outputs file by file before it runs the command; what that
+        # deletion shows is DVC's, not the writer's under test.
+        self.root, self.names, self.armed = root, names, not after_removal
         self.seen: dict[str, set[frozenset[str]]] = {name: set() for name in names}
         self.tmp_seen = threading.Event()
         self._stop = threading.Event()
@@ -384,7 +387,10 @@ class OutputWatcher:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            for name in self.names:
+            if not self.armed:
+                with contextlib.suppress(OSError):
+                    self.armed = not any((self.root / n).exists() for n in self.names)
+            for name in self.names if self.armed else []:
                 with contextlib.suppress(OSError):
                     if (self.root / name).is_dir():
                         self.seen[name].add(_visible_files(self.root / name))
@@ -423,7 +429,7 @@ def _killed_repro(ws: Path, kill_when: Callable[[list[str], OutputWatcher], bool
     train = ws / "artifacts" / "train"
     names = ["model", "baselines", "replicas"]
     lines: list[str] = []
-    with OutputWatcher(train, names) as watcher:
+    with OutputWatcher(train, names, after_removal=True) as watcher:
         proc = subprocess.Popen(
             ["dvc", "repro", "--single-item", "train"], cwd=ws, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
@@ -449,6 +455,7 @@ MODEL_FILES = {"config.json", "item_ids.json"}
 def _assert_never_half_written(watcher: OutputWatcher, train: Path) -> None:
     """Whenever a model directory was visible (model/, each baselines/<name>/ and
     replicas/<name>/), it held a saved model's files and nothing a finished run lacks."""
+    assert watcher.armed, "the watcher never saw the old outputs removed: it recorded nothing"
     for name, states in watcher.seen.items():
         final = _visible_files(train / name) if (train / name).is_dir() else None
         for state in states:
@@ -476,7 +483,7 @@ def test_sigkill_mid_stage_leaves_no_half_written_output_and_the_rerun_completes
     _killed_repro(ws, lambda _, watcher: watcher.tmp_seen.is_set())
     status = subprocess.run(["dvc", "status", "train"], cwd=ws, capture_output=True, text=True)
     assert "changed outs" in status.stdout or "deleted" in status.stdout, status.stdout
-    with OutputWatcher(train, ["model", "baselines", "replicas"]) as watcher:
+    with OutputWatcher(train, ["model", "baselines", "replicas"], after_removal=True) as watcher:
         rerun = subprocess.run(
             ["dvc", "repro", "--single-item", "train"], cwd=ws, capture_output=True, text=True,
             timeout=300,
