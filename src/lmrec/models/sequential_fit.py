@@ -140,16 +140,13 @@ class TrainingLoop:
         # lazy_id_updates SparseAdam updates the looked-up rows only, so a step's cost does
         # not grow with the catalog. The full softmax touches every row anyway, and DDP
         # all-reduces dense gradients.
-        sparse = (
-            net.item_id is not None
-            and net.n_items > p.full_softmax_max_items
-            and parallel.world_size == 1
-        )
-        if sparse and net.item_id is not None:
+        table = net.item_id.weight if net.item_id is not None else None
+        if net.n_items <= p.full_softmax_max_items or parallel.world_size > 1:
+            table = None
+        if table is not None and net.item_id is not None:
             net.item_id.sparse = True
-        self.sparse_ids = net.item_id.weight if sparse and net.item_id is not None else None
-        lazy = sparse and p.lazy_id_updates
-        lazy_table = net.item_id.weight if lazy and net.item_id is not None else None
+        self.sparse_ids = table
+        lazy_table = table if p.lazy_id_updates else None
         dense = [q for q in net.parameters() if q.requires_grad and q is not lazy_table]
         groups = [{"params": dense, "lr": p.lr}]
         if tower is not None:
@@ -277,8 +274,9 @@ class TrainingLoop:
     def _optimizer_step(self, progress_done: float) -> None:
         """Apply the accumulated gradients at the scheduled learning rate, then clear them."""
         optimizer = self.optimizer
+        factor = lr_factor(self.p.lr_schedule, progress_done)
         for group, base in zip(optimizer.param_groups, self.base_lrs, strict=True):
-            group["lr"] = base * lr_factor(self.p.lr_schedule, progress_done)
+            group["lr"] = base * factor
         if self.tower is not None:  # encoder fine-tuning: clip
             nn.utils.clip_grad_norm_(optimizer.param_groups[1]["params"], 1.0)
         table = self.sparse_ids
@@ -289,7 +287,7 @@ class TrainingLoop:
         optimizer.zero_grad(set_to_none=True)
         if self.id_optimizer is not None:
             for group in self.id_optimizer.param_groups:
-                group["lr"] = self.p.lr * lr_factor(self.p.lr_schedule, progress_done)
+                group["lr"] = self.p.lr * factor
             self.id_optimizer.step()
             self.id_optimizer.zero_grad(set_to_none=True)
 
