@@ -44,7 +44,7 @@ from lmrec.serving.offline import served_metrics  # noqa: E402
 
 K = 10
 #: (reserved slots, min_score_quantile, text_weight) settings of the trade-off curve.
-SETTINGS = (
+BASE_SETTINGS = (
     (0, 0.0, 0.0),
     (1, 0.0, 0.0),
     (1, 0.5, 0.0),
@@ -67,6 +67,13 @@ SETTINGS = (
     (2, 0.6, 0.3),
     (3, 0.0, 0.0),
 )
+#: prior_weight values tried on the gates that keep warm NDCG@10 near 0.98x.
+PRIOR_WEIGHTS = (0.5, 0.75, 1.0, 1.5, 2.0)
+#: (slots, min_score_quantile, text_weight, prior_weight): every base setting without the
+#: popularity prior, and the prior's weights on the default gate and its neighbours.
+SETTINGS = tuple((*base, 0.0) for base in BASE_SETTINGS) + tuple(
+    (1, q, w, g) for q, w in ((0.6, 0.3), (0.6, 0.2), (0.7, 0.3), (0.5, 0.3)) for g in PRIOR_WEIGHTS
+)
 
 
 def unit_text(embeddings: np.ndarray) -> np.ndarray:
@@ -79,13 +86,13 @@ def tradeoff(
     model: Any,
     split: SplitData,
     stage: str,
-    settings: Sequence[tuple[int, float, float]] = SETTINGS,
+    settings: Sequence[tuple[int, float, float, float]] = SETTINGS,
     max_interactions: int = 1,
     text: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
-    """One flat row per (slots, min_score_quantile, text_weight): warm NDCG@10 and new-item
-    HR/NDCG@10 in the served lists. ``text``: unit item text vectors (``unit_text``), needed
-    by settings with a text weight."""
+    """One flat row per (slots, min_score_quantile, text_weight, prior_weight): warm NDCG@10
+    and new-item HR/NDCG@10 in the served lists. ``text``: unit item text vectors
+    (``unit_text``), needed by settings with a text or prior weight."""
     policies = [
         ExposurePolicy(
             slots=n,
@@ -93,14 +100,16 @@ def tradeoff(
             max_age_days=None,
             min_score_quantile=q,
             text_weight=w,
+            prior_weight=g,
         )
-        for n, q, w in settings
+        for n, q, w, g in settings
     ]
     return [
         {
             "slots": r["slots"],
             "min_score_quantile": r["min_score_quantile"],
             "text_weight": r["text_weight"],
+            "prior_weight": r["prior_weight"],
             "max_interactions": r["max_interactions"],
             "warm_ndcg@10": r["overall"]["ndcg@10"],
             "warm_hr@10": r["overall"]["hr@10"],
@@ -136,6 +145,7 @@ def markdown(rows: list[dict[str, Any]], stage: str, facts: dict[str, Any]) -> s
             row["slots"],
             row.get("min_score_quantile", 0.0),
             row.get("text_weight", 0.0),
+            row.get("prior_weight", 0.0),
         )
         groups.setdefault(key, []).append(row)
     lines = [
@@ -146,12 +156,13 @@ def markdown(rows: list[dict[str, Any]], stage: str, facts: dict[str, Any]) -> s
         f"{facts['date']}. Lists of 10 after the serving policy; new items ranked against the "
         "whole catalog.",
         "",
-        "| id_dropout | slots | score quantile | text weight | seeds "
+        "| id_dropout | slots | score quantile | text weight | prior weight | seeds "
         "| warm NDCG@10 | new-item HR@10 | new-item NDCG@10 | fresh/list |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (dropout, slots, quantile, weight), group in sorted(groups.items()):
-        cells = [f"{dropout:g}", str(slots), f"{quantile:g}", f"{weight:g}", str(len(group))]
+    for (dropout, slots, quantile, weight, prior), group in sorted(groups.items()):
+        cells = [f"{dropout:g}", str(slots), f"{quantile:g}", f"{weight:g}", f"{prior:g}"]
+        cells.append(str(len(group)))
         for key in ("warm_ndcg@10", "new_hr@10", "new_ndcg@10", "fresh_per_list"):
             values = np.array([r[key] for r in group])
             std = values.std(ddof=1) if len(values) > 1 else 0.0

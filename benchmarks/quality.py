@@ -148,7 +148,12 @@ def run_lmrec(
     policy (``serve.exposure``)."""
     runs, extra = [], {"best_epochs": [], "epochs_run": [], "tradeoff": []}
     exposure = params.serve.exposure
-    default = (exposure.slots, exposure.min_score_quantile, exposure.text_weight)
+    default = (
+        exposure.slots,
+        exposure.min_score_quantile,
+        exposure.text_weight,
+        exposure.prior_weight,
+    )
     settings = sorted({*SETTINGS, default})
     text = unit_text(embeddings)
     fits = (
@@ -259,25 +264,33 @@ def checks(
     return out
 
 
-def _setting(row: dict[str, Any]) -> tuple[int, float, float]:
-    return row["slots"], row["min_score_quantile"], row.get("text_weight", 0.0)
+def _setting(row: dict[str, Any]) -> tuple[int, float, float, float]:
+    return (
+        row["slots"],
+        row["min_score_quantile"],
+        row.get("text_weight", 0.0),
+        row.get("prior_weight", 0.0),
+    )
 
 
-def tradeoff_markdown(curve: list[dict[str, Any]], default: tuple[int, float, float]) -> list[str]:
+def tradeoff_markdown(
+    curve: list[dict[str, Any]], default: tuple[int, float, float, float]
+) -> list[str]:
     """The exposure trade-off: mean ± std over seeds per (slots, score quantile, text
-    weight)."""
+    weight, prior weight)."""
     lines = [
         "",
         "Exposure trade-off (lmrec, test stage, lists of 10 after `serve.exposure`; default "
-        f"slots {default[0]}, min_score_quantile {default[1]:g}, text_weight {default[2]:g}):",
+        f"slots {default[0]}, min_score_quantile {default[1]:g}, text_weight {default[2]:g}, "
+        f"prior_weight {default[3]:g}):",
         "",
-        "| slots | score quantile | text weight | warm NDCG@10 | warm HR@10 | new-item HR@10 "
-        "| new-item NDCG@10 | fresh/list |",
-        "|---|---|---|---|---|---|---|---|",
+        "| slots | score quantile | text weight | prior weight | warm NDCG@10 | warm HR@10 "
+        "| new-item HR@10 | new-item NDCG@10 | fresh/list |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for setting in sorted({_setting(r) for r in curve}):
         group = [r for r in curve if _setting(r) == setting]
-        cells = [str(setting[0]), f"{setting[1]:g}", f"{setting[2]:g}"]
+        cells = [str(setting[0]), f"{setting[1]:g}", f"{setting[2]:g}", f"{setting[3]:g}"]
         for key in ("warm_ndcg@10", "warm_hr@10", "new_hr@10", "new_ndcg@10", "fresh_per_list"):
             values = np.array([r[key] for r in group], dtype=np.float64)
             std = values.std(ddof=1) if len(values) > 1 else 0.0
@@ -334,6 +347,7 @@ def markdown(rows: list[dict[str, Any]], result_checks: dict[str, Any], facts: d
             exposure["slots"],
             exposure["min_score_quantile"],
             exposure.get("text_weight", 0.0),
+            exposure.get("prior_weight", 0.0),
         )
         lines += tradeoff_markdown(facts["lmrec"]["tradeoff"], default)
     lines += ["", "| check | against | ratio / value | target | passed |", "|---|---|---|---|---|"]

@@ -353,6 +353,7 @@ class ExposureParams(Block):
     min_k: int = Field(5, ge=1)
     min_score_quantile: float = Field(0.0, ge=0, lt=1)
     text_weight: float = Field(0.0, ge=0, le=1)
+    prior_weight: float = Field(0.0, ge=0, le=10)
 
 
 class FeedbackLogParams(Block):

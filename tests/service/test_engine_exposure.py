@@ -193,3 +193,37 @@ def test_a_text_weighted_pick_blends_the_model_score_with_the_text_affinity(bund
         moved += expected != engine.item_ids[fresh[unseen][np.argmax(model[row][unseen])]]
     assert checked >= 10
     assert moved > 0  # the text moved some picks away from the model's own choice
+
+
+def test_a_popularity_prior_chooses_the_fresh_item_but_not_which_lists_get_one(bundles):
+    """``prior_weight`` g: the slot goes to the fresh unseen item with the best
+    z(model score) + g * prior (the popularity its text predicts, ``PopularityPrior``), while
+    which lists get a slot is decided by the model score alone, as without the prior."""
+    from lmrec.serving.exposure import PopularityPrior
+
+    gate = dict(min_score_quantile=0.5)
+    engine = Engine.load(
+        bundles.champion, ServeParams(exposure=ExposureParams(prior_weight=2.0, **gate))
+    )
+    plain_gate = Engine.load(bundles.champion, ServeParams(exposure=ExposureParams(**gate)))
+    fresh = np.flatnonzero(engine.fresh.mask)
+    prior = PopularityPrior.fit(engine.text, engine.popularity, engine.fresh.mask)
+    assert np.allclose(engine.fresh.prior[fresh], 2.0 * prior(engine.text[fresh]))
+    scale, raw = engine.fresh.scale, Engine.load(bundles.champion, RAW)
+    checked = moved = 0
+    for user_id in sorted(bundles.histories):
+        plain = ids(raw.recommend(user_id, k=K))
+        got, without = ids(engine.recommend(user_id, k=K)), ids(plain_gate.recommend(user_id, k=K))
+        assert got[: K - 1] == without[: K - 1] == plain[: K - 1], user_id
+        assert (got != plain) == (without != plain), user_id  # the same lists get a slot
+        if got == plain:
+            continue
+        cached = engine.user_cache[user_id]
+        unseen = fresh[~np.isin(fresh, cached.seen)]
+        z = (engine.item_matrix[unseen] @ cached.vector - scale.model_mean) / scale.model_std
+        expected = engine.item_ids[unseen[np.argmax(z + engine.fresh.prior[unseen])]]
+        assert got[-1] == expected, user_id
+        checked += 1
+        moved += got[-1] != without[-1]
+    assert checked >= 5
+    assert moved > 0  # the prior moved some picks away from the model's own choice

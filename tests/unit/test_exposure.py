@@ -9,6 +9,7 @@ from lmrec.serving.exposure import (
     TEXT_WINDOW,
     ExposurePolicy,
     PickScale,
+    PopularityPrior,
     apply_to_scores,
     best_fresh_scores,
     list_ranks,
@@ -131,3 +132,47 @@ def test_a_text_profile_is_the_mean_of_the_last_items():
     assert not profiles[1].any()
     with pytest.raises(ValueError, match="text_weight"):
         ExposurePolicy(text_weight=1.5)
+
+
+def test_the_popularity_prior_ranks_fresh_items_like_the_popular_items_they_read_like():
+    """Warm items of one text direction are popular, of another rare: a fresh item reading
+    like the popular ones gets the higher prior; the prior is z-scored over fresh items."""
+    rng = np.random.default_rng(0)
+    popular, rare = np.eye(8)[0], np.eye(8)[1]
+    warm = [popular + 0.1 * rng.normal(size=8) for _ in range(20)]
+    warm += [rare + 0.1 * rng.normal(size=8) for _ in range(20)]
+    fresh_text = [popular + 0.1 * rng.normal(size=8), rare + 0.1 * rng.normal(size=8)]
+    fresh_text.append(0.5 * (popular + rare))
+    text = np.array(warm + fresh_text)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    counts = np.array([200] * 20 + [2] * 20 + [0, 0, 0])
+    fresh = counts == 0
+    prior = PopularityPrior.fit(text, counts, fresh, ridge=0.1)
+    z = prior(text[fresh])
+    assert z[0] > z[2] > z[1]
+    assert z.mean() == pytest.approx(0.0, abs=1e-9) and z.std() == pytest.approx(1.0)
+    assert PopularityPrior.fit(text, counts, np.arange(43) >= 1) is None  # one item known
+    assert PopularityPrior.fit(text, counts, np.arange(43) == 0) is None  # one fresh
+    with pytest.raises(ValueError, match="prior_weight"):
+        ExposurePolicy(prior_weight=-1.0)
+
+
+def test_the_gate_counts_strong_picks_and_the_prior_chooses_which_fresh_item():
+    """Row 0: fresh item 15 passes the bar on its pick score, 16 does not but the prior
+    prefers it: the list gets one slot and it goes to 16. Row 1: no fresh item passes, so
+    however strong the prior, no slot."""
+    scores = np.tile(np.arange(20, 0, -1, dtype=float), (2, 1))
+    pick = np.full((2, 20), -5.0)
+    pick[0, 15], pick[0, 16] = 2.0, 0.5
+    pick[1, 15], pick[1, 16] = 0.5, 0.4
+    choose = pick.copy()
+    choose[:, 16] += 3.0  # the prior
+    policy = ExposurePolicy(slots=1, min_k=5)
+    excluded = np.zeros((2, 20), dtype=bool)
+    lists = apply_to_scores(scores, excluded, FRESH, 5, policy, 1.0, pick, choose)
+    assert lists.tolist() == [[0, 1, 2, 3, 16], [0, 1, 2, 3, 4]]
+    two = ExposurePolicy(slots=2, min_k=5)  # one strong pick: one of the two slots
+    lists = apply_to_scores(scores, excluded, FRESH, 5, two, 1.0, pick, choose)
+    assert lists.tolist() == [[0, 1, 2, 3, 16], [0, 1, 2, 3, 4]]
+    same = apply_to_scores(scores, excluded, FRESH, 5, policy, 1.0, pick)  # no prior
+    assert same.tolist() == [[0, 1, 2, 3, 15], [0, 1, 2, 3, 4]]

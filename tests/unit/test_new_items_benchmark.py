@@ -64,7 +64,7 @@ class Hashed:
 
 
 def test_no_slot_is_the_protocol(bench, split):
-    curve = bench.tradeoff(Hashed(), split, "test", settings=((0, 0.0, 0.0),))
+    curve = bench.tradeoff(Hashed(), split, "test", settings=((0, 0.0, 0.0, 0.0),))
     protocol = evaluate_protocol(Hashed(), split, "test")
     assert curve[0]["warm_ndcg@10"] == pytest.approx(protocol["overall"]["ndcg@10"])
     assert curve[0]["new_hr@10"] == pytest.approx(protocol["slices"]["new_items"]["hr@10"])
@@ -75,7 +75,10 @@ def test_slots_expose_fresh_items_and_cost_only_the_tail(bench, split):
     curve = {
         r["slots"]: r
         for r in bench.tradeoff(
-            Hashed(), split, "test", settings=((0, 0.0, 0.0), (1, 0.0, 0.0), (3, 0.0, 0.0))
+            Hashed(),
+            split,
+            "test",
+            settings=((0, 0.0, 0.0, 0.0), (1, 0.0, 0.0, 0.0), (3, 0.0, 0.0, 0.0)),
         )
     }
     assert curve[1]["fresh_per_list"] >= 1.0 and curve[3]["fresh_per_list"] >= 3.0

@@ -53,6 +53,7 @@ from lmrec.serving.exposure import (
     TEXT_WINDOW,
     ExposurePolicy,
     PickScale,
+    PopularityPrior,
     score_threshold,
     text_profiles,
 )
@@ -175,19 +176,26 @@ class Engine:
 
     def set_fresh(self) -> None:
         """Recompute the fresh items (at load and whenever the catalog changes), the pick's
-        scale (``text_weight`` > 0) and the pick score a fresh item needs for a reserved
-        slot (``exposure.score_threshold`` over the known users' best pick scores). Both
-        need known users' vectors: two-tower models only; others pick by the model's score
-        with no bar."""
+        scale (``text_weight`` or ``prior_weight`` > 0), the popularity prior
+        (``prior_weight`` > 0) and the pick score a fresh item needs for a reserved slot
+        (``exposure.score_threshold`` over the known users' best pick scores). They need
+        known users' vectors: two-tower models only; others pick by the model's score with
+        no bar."""
         scorable = self.n_items if self.vectorized else self.model_items
         fresh = self.fresh
         fresh.update(self.popularity, self.added_at, scorable)
-        fresh.threshold, fresh.scale = -np.inf, None
+        fresh.threshold, fresh.scale, fresh.prior = -np.inf, None, None
         if not self.user_cache or not len(fresh.scored):
             return
         keys = list(self.user_cache)[:THRESHOLD_USERS]  # a bounded sample
-        if fresh.policy.text_weight > 0:
+        policy = fresh.policy
+        if policy.text_weight > 0 or policy.prior_weight > 0:
             fresh.scale = PickScale.fit(self._calibration_chunks(keys))
+        if policy.prior_weight > 0:
+            prior = PopularityPrior.fit(self.text, self.popularity, fresh.mask)
+            if prior is not None:
+                fresh.prior = np.zeros(self.n_items)
+                fresh.prior[fresh.scored] = policy.prior_weight * prior(self.text[fresh.scored])
         if fresh.policy.min_score_quantile > 0:
             best = []
             for model, text in self._calibration_chunks(keys):
@@ -214,7 +222,7 @@ class Engine:
     def _affinity(self, items: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:
         """``candidates -> their text affinity to this history`` (``exposure.text_profiles``)
         when the fresh pick uses it."""
-        if self.fresh.scale is None or not len(items):
+        if self.fresh.scale is None or self.fresh.policy.text_weight == 0 or not len(items):
             return None
         text, profile = self.text, text_profiles(self.text, [items[-TEXT_WINDOW:]])[0]
         return lambda candidates: text[candidates] @ profile

@@ -28,6 +28,15 @@ the raw text similarity to what the user just watched adds what the projection m
 (measured on MovieLens-100K's new-arrivals split: ``benchmarks/results/new_items_val.md``).
 The threshold is then taken on the blended score.
 
+The gate and the pick can differ: with ``prior_weight`` g > 0 the fresh item that takes a
+slot is the best by ``blend + g * prior``, where ``prior`` (``PopularityPrior``) is the
+popularity the item's text predicts (a ridge regression of log(1 + interactions) on the
+text vectors of the items with interactions, z-scored over the fresh items). Whether a list
+gets a slot still depends on the blend alone, so the prior changes which fresh item a user
+sees, never how many lists give up a warm item. Among random new arrivals most of what a
+user picks is what everyone picks; the text says part of which (measured in
+``benchmarks/results/new_items_val.md``).
+
 The same functions serve the HTTP engine (one list) and the evaluation (a batch of lists),
 so what the benchmark measures is what users get.
 """
@@ -45,6 +54,10 @@ _PAD = -1
 
 #: History items (the most recent) whose text vectors form the user's text profile.
 TEXT_WINDOW = 20
+#: Ridge penalty of the popularity prior's regression (on unit text vectors).
+PRIOR_RIDGE = 10.0
+#: Items with interactions the prior is fitted on, at most (the first ones by index).
+PRIOR_SAMPLE = 20_000
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,8 @@ class ExposurePolicy:
             this quantile of the users' best fresh-item scores (0: always).
         text_weight: weight of the text affinity in the fresh pick (0: the model's score
             alone; see the module docstring).
+        prior_weight: weight of the text-predicted popularity (``PopularityPrior``) in
+            which fresh item takes a slot; not in whether a list gives one (0: off).
     """
 
     slots: int = 1
@@ -69,12 +84,15 @@ class ExposurePolicy:
     min_k: int = 5
     min_score_quantile: float = 0.0
     text_weight: float = 0.0
+    prior_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_score_quantile < 1.0:
             raise ValueError(f"exposure: min_score_quantile must be in [0, 1): {self}")
         if not 0.0 <= self.text_weight <= 1.0:
             raise ValueError(f"exposure: text_weight must be in [0, 1]: {self}")
+        if not 0.0 <= self.prior_weight <= 10.0:
+            raise ValueError(f"exposure: prior_weight must be in [0, 10]: {self}")
         if self.slots < 0 or self.max_interactions < 1 or self.min_k < 1:
             raise ValueError(
                 f"exposure: need slots >= 0, max_interactions >= 1, min_k >= 1: {self}"
@@ -134,10 +152,12 @@ class PickScale:
     def fit(cls, parts: Iterable[tuple[np.ndarray, np.ndarray]]) -> PickScale:
         """From chunks of (model scores, text affinities) of the same pairs, any shape;
         pairs with a non-finite model score (excluded) are left out. Chunked so that a
-        large sample of users never sits in memory at once."""
+        large sample of users never sits in memory at once. A None text part (a pick
+        without text affinity) leaves the text scale at (0, 1)."""
         n, sums = 0, np.zeros(4)  # model, model², text, text²
         for model, text in parts:
-            model, text = np.asarray(model, np.float64), np.asarray(text, np.float64)
+            model = np.asarray(model, np.float64)
+            text = np.zeros_like(model) if text is None else np.asarray(text, np.float64)
             keep = np.isfinite(model)
             m, t = model[keep], text[keep]
             n += len(m)
@@ -150,12 +170,54 @@ class PickScale:
         return cls(float(mean_m), max(float(std_m), 1e-9), float(mean_t), max(float(std_t), 1e-9))
 
     def blend(self, model: np.ndarray, text: np.ndarray, weight: float) -> np.ndarray:
-        """``(1 - weight) * z(model) + weight * z(text)`` (``-inf`` model scores stay so)."""
+        """``(1 - weight) * z(model) + weight * z(text)`` (``-inf`` model scores stay so;
+        ``text`` may be None at weight 0)."""
         model = np.asarray(model, np.float64)
         with np.errstate(invalid="ignore"):  # -inf * 0 at weight 1: masked below
             z = (1.0 - weight) * (model - self.model_mean) / self.model_std
-            z = z + weight * (np.asarray(text, np.float64) - self.text_mean) / self.text_std
+            if weight > 0:
+                z = z + weight * (np.asarray(text, np.float64) - self.text_mean) / self.text_std
         return np.where(np.isfinite(model), z, -np.inf)
+
+
+@dataclass(frozen=True)
+class PopularityPrior:
+    """The popularity an item's text predicts, z-scored over the fresh items: the fresh
+    pick's item-level term (``prior_weight``, module docstring). ``z(text vectors)``."""
+
+    weights: np.ndarray  # [dim]: unit text vector -> z-scored prediction
+    bias: float
+
+    @classmethod
+    def fit(
+        cls,
+        text: np.ndarray,
+        interactions: np.ndarray,
+        fresh: np.ndarray,
+        ridge: float = PRIOR_RIDGE,
+        sample: int = PRIOR_SAMPLE,
+    ) -> PopularityPrior | None:
+        """Ridge regression of ``log1p(interactions)`` on ``text`` (unit vectors
+        ``[n_items, dim]``) over the first ``sample`` items that are not ``fresh``, scaled
+        so the fresh items' predictions have mean 0 and std 1. None when there are fewer
+        than two items on either side (nothing to learn from, or nothing to rank)."""
+        known = np.flatnonzero(~np.asarray(fresh, dtype=bool))[:sample]
+        new = np.flatnonzero(fresh)
+        if len(known) < 2 or len(new) < 2:
+            return None
+        x = np.asarray(text[known], dtype=np.float64)
+        y = np.log1p(np.asarray(interactions, dtype=np.float64)[known])
+        x_mean, y_mean = x.mean(axis=0), y.mean()
+        xc = x - x_mean
+        gram = xc.T @ xc + ridge * np.eye(x.shape[1])
+        weights = np.linalg.solve(gram, xc.T @ (y - y_mean))
+        bias = float(y_mean - x_mean @ weights)
+        predicted = np.asarray(text[new], dtype=np.float64) @ weights + bias
+        std = max(float(predicted.std()), 1e-9)
+        return cls(weights / std, (bias - float(predicted.mean())) / std)
+
+    def __call__(self, vectors: np.ndarray) -> np.ndarray:
+        return np.asarray(vectors, dtype=np.float64) @ self.weights + self.bias
 
 
 def merge(top: Sequence[int], fresh_top: Sequence[int], k: int, reserved: int, fresh) -> list[int]:
@@ -213,6 +275,7 @@ def apply_to_scores(
     policy: ExposurePolicy,
     threshold: float = -np.inf,
     pick: np.ndarray | None = None,
+    choose: np.ndarray | None = None,
 ) -> np.ndarray:
     """Top-k lists ``[n, k]`` (``-1`` padded) after the policy, for a batch of score rows.
 
@@ -224,18 +287,23 @@ def apply_to_scores(
         policy: the exposure policy.
         threshold: the pick score a fresh item needs for a reserved slot
             (``score_threshold`` over the same pick scores).
-        pick: float ``[n, n_items]``: the scores fresh items are picked by (``PickScale.blend``
-            with ``policy.text_weight``); None: ``scores``.
+        pick: float ``[n, n_items]``: the scores compared with ``threshold``
+            (``PickScale.blend`` with ``policy.text_weight``); None: ``scores``.
+        choose: float ``[n, n_items]``: the scores fresh items are chosen by (``pick`` plus
+            the popularity prior); None: ``pick``. A row gets as many slots (at most the
+            reserved ones) as it has fresh items whose ``pick`` reaches ``threshold``.
     """
     top = top_k(scores, k, excluded)
     reserved = policy.reserved(k)
     if reserved == 0 or not fresh.any():
         return top
     pick = scores if pick is None else pick
-    fresh_top = top_k(pick, reserved, excluded | ~fresh[None, :])
+    choose = pick if choose is None else choose
+    outside = excluded | ~fresh[None, :]
+    fresh_top = top_k(choose, reserved, outside)
     if threshold > -np.inf:  # too weak for a slot: not offered
-        weak = np.take_along_axis(pick, np.maximum(fresh_top, 0), axis=1) < threshold
-        fresh_top = np.where(weak, _PAD, fresh_top)
+        strong = ((pick >= threshold) & ~outside).sum(axis=1)
+        fresh_top = np.where(np.arange(reserved)[None, :] < strong[:, None], fresh_top, _PAD)
     out = np.full_like(top, _PAD)
     for row in range(len(top)):
         listed = merge(

@@ -38,8 +38,11 @@ class FreshItems:
             addition time) by popularity and index: the cold-start order.
         by_user: known users' best fresh unseen items (``best``), until the next ``update``.
         threshold: the pick score a fresh item needs for a reserved slot (set by the engine).
-        scale: the pick's scale when fresh items are picked with their text affinity
-            (``policy.text_weight`` > 0; set by the engine), else None: the model's score.
+        scale: the pick's scale when fresh items are picked with their text affinity or
+            the prior (``policy.text_weight`` or ``prior_weight`` > 0; set by the engine),
+            else None: the model's score.
+        prior: per item, ``prior_weight`` times the popularity its text predicts
+            (``exposure.PopularityPrior``; set by the engine), else None.
     """
 
     def __init__(self, policy: ExposurePolicy) -> None:
@@ -50,6 +53,7 @@ class FreshItems:
         self.until = np.inf
         self.threshold = -np.inf
         self.scale: PickScale | None = None
+        self.prior: np.ndarray | None = None
         self.by_user: dict[str, list] = {}
         self._inputs: tuple[np.ndarray, np.ndarray, int] | None = None
 
@@ -98,8 +102,10 @@ class FreshItems:
         known: str | None = None,
         text: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> tuple[list[int], list[float], list[float]]:
-        """The ``n`` best fresh items outside ``excluded`` (sorted), their model scores and
-        their pick scores (what ``threshold`` is compared with).
+        """The ``n`` best fresh items outside ``excluded`` (best first by the pick plus the
+        prior), their model scores, and the ``n`` best pick scores of any fresh candidate,
+        best first: the i-th is what ``threshold`` is compared with for the i-th slot (with
+        no prior, the listed items' own pick scores).
 
         Args:
             n: how many.
@@ -126,15 +132,19 @@ class FreshItems:
             return [], [], []
         if len(candidates) > ROW_SUMS and matrix is not None:  # many: narrowed first
             rough = scores[candidates] if scores is not None else matrix[candidates] @ user
-            rough = self._pick(candidates, rough, text)
-            candidates = candidates[np.argpartition(-rough, n + 7)[: n + 8]]
+            pick = self._pick(candidates, rough, text)
+            keep = np.argpartition(-self._choose(candidates, pick), n + 7)[: n + 8]
+            if self.prior is not None:  # and the best picks, for the threshold
+                keep = np.union1d(keep, np.argpartition(-pick, n - 1)[:n])
+            candidates = candidates[keep]
         if matrix is None:
             values = scores[candidates]
         else:  # scored as known_users.ranked scores (row sums), as the list's items are
             values = np.multiply(matrix[candidates], user).sum(axis=1, dtype=np.float32)
         pick = self._pick(candidates, values, text)
-        order = np.lexsort((candidates, -pick))[:n]
-        return candidates[order].tolist(), values[order].tolist(), pick[order].tolist()
+        order = np.lexsort((candidates, -self._choose(candidates, pick)))[:n]
+        bars = pick[order] if self.prior is None else -np.sort(-pick)[:n]
+        return candidates[order].tolist(), values[order].tolist(), bars.tolist()
 
     def _pick(
         self,
@@ -143,9 +153,15 @@ class FreshItems:
         text: Callable[[np.ndarray], np.ndarray] | None,
     ) -> np.ndarray:
         """Pick scores of ``candidates`` with model scores ``values``."""
-        if self.scale is None or text is None:
+        if self.scale is None:
             return np.asarray(values, dtype=np.float64)
-        return self.scale.blend(values, text(candidates), self.policy.text_weight)
+        weight = self.policy.text_weight if text is not None else 0.0
+        affinity = text(candidates) if text is not None else None
+        return self.scale.blend(values, affinity, weight)
+
+    def _choose(self, candidates: np.ndarray, pick: np.ndarray) -> np.ndarray:
+        """What fresh items are chosen by: the pick plus the prior."""
+        return pick if self.prior is None else pick + self.prior[candidates]
 
     def recent_outside(self, excluded: np.ndarray, n: int) -> np.ndarray:
         """The first ``n`` of ``recent`` not in ``excluded`` (sorted)."""

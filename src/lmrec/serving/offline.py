@@ -23,6 +23,7 @@ from lmrec.features.dataset import SplitData
 from lmrec.serving.exposure import (
     ExposurePolicy,
     PickScale,
+    PopularityPrior,
     apply_to_scores,
     best_fresh_scores,
     list_ranks,
@@ -54,26 +55,44 @@ def _scored(
 
 
 class _Calibration:
-    """One policy's pick scale and threshold, from the calibration rows.
+    """One policy's pick scale, threshold and popularity prior, from the calibration rows.
 
     ``chunks`` hold the calibration rows' scores and text affinities for the items of
     ``union`` only (every policy's fresh items: a few columns, not the catalog)."""
 
     def __init__(
-        self, policy: ExposurePolicy, fresh: np.ndarray, union: np.ndarray, chunks
+        self,
+        policy: ExposurePolicy,
+        fresh: np.ndarray,
+        union: np.ndarray,
+        chunks,
+        text: np.ndarray | None = None,
+        counts: np.ndarray | None = None,
     ) -> None:
         self.policy, self.fresh = policy, fresh
         own = fresh[union]  # this policy's fresh items among the chunks' columns
         self.scale = None
-        if policy.text_weight > 0 and own.any():
-            self.scale = PickScale.fit((s[:, own], t[:, own]) for s, t in chunks)
+        if (policy.text_weight > 0 or policy.prior_weight > 0) and own.any():
+            self.scale = PickScale.fit(
+                (s[:, own], None if t is None else t[:, own]) for s, t in chunks
+            )
         best = [best_fresh_scores(self.pick(s, t), own) for s, t in chunks]
         self.threshold = score_threshold(np.concatenate(best) if best else np.zeros(0), policy)
+        self.prior = None  # per item: prior_weight * the text-predicted popularity
+        if policy.prior_weight > 0 and text is not None and counts is not None:
+            prior = PopularityPrior.fit(text, counts, fresh)
+            if prior is not None:
+                self.prior = policy.prior_weight * prior(text)
 
     def pick(self, scores: np.ndarray, affinity: np.ndarray | None) -> np.ndarray:
+        """The score compared with the threshold."""
         if self.scale is None:
             return scores
         return self.scale.blend(scores, affinity, self.policy.text_weight)
+
+    def choose(self, pick: np.ndarray) -> np.ndarray:
+        """The score fresh items are chosen by (``pick`` plus the prior)."""
+        return pick if self.prior is None else pick + self.prior[None, :]
 
 
 def _affinity(
@@ -110,11 +129,13 @@ def served_metrics(
 
     Returns:
         One dict per policy: ``slots``, ``max_interactions``, ``min_score_quantile``,
-        ``text_weight``, ``overall`` and ``new_items`` (each ``hr@k``, ``ndcg@k``,
+        ``text_weight``, ``prior_weight``, ``overall`` and ``new_items`` (each ``hr@k``, ``ndcg@k``,
         ``fresh_per_list``, ``n_users``).
     """
-    if text is None and any(p.text_weight > 0 for p in policies):
-        raise ValueError("served_metrics: a policy with text_weight > 0 needs `text`")
+    if text is None and any(p.text_weight > 0 or p.prior_weight > 0 for p in policies):
+        raise ValueError(
+            "served_metrics: a policy with text_weight or prior_weight > 0 needs `text`"
+        )
     targets_all = split.test_items if stage == "test" else split.val_items
     warm_users = np.flatnonzero(targets_all >= 0)
     new_users, new_targets, new_hist = new_item_rows(split, stage)
@@ -132,7 +153,10 @@ def served_metrics(
         (scores[:, union], _affinity(text, warm_hist[rows], union))
         for rows, scores in _scored(model, split, stage, sample, warm_hist[: len(sample)])
     ]
-    calibrations = [_Calibration(p, m, union, chunks) for p, m in zip(policies, masks, strict=True)]
+    calibrations = [
+        _Calibration(p, m, union, chunks, text, counts)
+        for p, m in zip(policies, masks, strict=True)
+    ]
     del chunks
     rows_of = {
         "overall": (warm_users, targets_all[warm_users], warm_hist),
@@ -145,6 +169,7 @@ def served_metrics(
             excluded = exclusion_mask(histories[rows], scores.shape[1], keep=targets[rows])
             affinity = _affinity(text, histories[rows])
             for cal, out in zip(calibrations, found[name], strict=True):
+                pick = cal.pick(scores, affinity)
                 lists = apply_to_scores(
                     scores,
                     excluded,
@@ -152,7 +177,8 @@ def served_metrics(
                     k,
                     cal.policy,
                     cal.threshold,
-                    cal.pick(scores, affinity),
+                    pick,
+                    cal.choose(pick),
                 )
                 out["ranks"].append(list_ranks(lists, targets[rows], miss=k))
                 out["fresh"].append(np.isin(lists, np.flatnonzero(cal.fresh)).sum(axis=1))
@@ -163,6 +189,7 @@ def served_metrics(
             "max_interactions": cal.policy.max_interactions,
             "min_score_quantile": cal.policy.min_score_quantile,
             "text_weight": cal.policy.text_weight,
+            "prior_weight": cal.policy.prior_weight,
         }
         for name, (users, _, _) in rows_of.items():
             entry[name] = {**_list_metrics(found[name][i], k), "n_users": len(users)}
