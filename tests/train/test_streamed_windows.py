@@ -49,6 +49,20 @@ def test_edge_lengths_match(stride, seed) -> None:
     _assert_same_batches(train, 3, stride, seed, batch_size=4)
 
 
+def test_every_window_has_a_target_and_empty_sequences_have_none() -> None:
+    """A mostly emptied split (``train.data_fraction`` 0.02 leaves 98% of users without a
+    training sequence) gives windows for the other users only: a batch without a single
+    target would have nothing to average the loss over."""
+    train = [np.zeros(0, dtype=np.int64)] * 98 + [np.arange(5), np.arange(12)]
+    assert len(StreamedWindows(train, 3)) == 2 + 3  # 5 items: 2 windows of 4; 12 items: 3
+    streamed = StreamedWindows(train, 3, 0, np.random.default_rng(0))
+    tokens, targets = training_windows(train, 3, 0, np.random.default_rng(0))
+    assert len(streamed) == len(tokens)
+    got = streamed.batch(np.arange(len(streamed)))[1].numpy()
+    assert ((got >= 0).sum(axis=1) >= 1).all() and ((targets >= 0).sum(axis=1) >= 1).all()
+    assert len(StreamedWindows([np.zeros(0, dtype=np.int64)] * 3, 3)) == 0
+
+
 def test_bad_stride_is_refused() -> None:
     with pytest.raises(ValueError, match="window stride must be in 1..6, got 7"):
         StreamedWindows([np.arange(10)], 5, 7)

@@ -47,6 +47,7 @@ def training_windows(
     least ``max_len + 1 - stride`` items of context (at the cost of overlapping inputs).
     With ``rng`` the most recent window stays where it is and the ends before it move
     (shifted by a random 0..stride-1 items per sequence), so contexts differ every epoch.
+    An empty sequence has no window.
 
     Returns:
         (tokens, targets), both int64 [n_windows, max_len + 1], right-padded with ``PAD``
@@ -61,6 +62,8 @@ def training_windows(
         n = len(seq)
         ends = [n]
         shift = int(rng.integers(0, stride)) if rng is not None else 0
+        if n == 0:  # nothing to predict (a user whose events all went to val/test, or one
+            continue  # a data_fraction left out): no window, but the same draws
         ends += list(range(n - stride + shift, 0, -stride)) if n > stride else []
         for end, earlier in zip(ends, ends[1:] + [0], strict=True):
             start = max(0, end - width)

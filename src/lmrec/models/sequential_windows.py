@@ -54,7 +54,7 @@ class StreamedWindows:
         # items before it while above 0 (the earlier windows only when ``n > stride``).
         first_end = lengths - stride + shift
         extra = np.where(lengths > stride, (first_end + stride - 1) // stride, 0)
-        per_seq = 1 + extra
+        per_seq = np.where(lengths > 0, 1 + extra, 0)  # an empty sequence: no window
         seq = np.repeat(np.arange(len(train), dtype=np.int64), per_seq)
         rank = np.arange(len(seq)) - np.repeat(np.cumsum(per_seq) - per_seq, per_seq)
         end = np.where(rank == 0, lengths[seq], first_end[seq] - (rank - 1) * stride)
