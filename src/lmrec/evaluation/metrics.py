@@ -252,16 +252,32 @@ def top_k(scores: np.ndarray, k: int, exclude_mask: np.ndarray | None = None) ->
     return out
 
 
+def _kth_largest(key: np.ndarray, kk: int) -> np.ndarray:
+    """Each row's ``kk``-th largest value (exact: values, not positions). ``torch.topk``
+    rather than ``np.partition``, which on rows of 200k float64 (the catalog at 10M
+    interactions) took 2.5 s for 256 rows against 0.09 s, and grew faster than the row."""
+    import torch
+
+    values = torch.topk(torch.from_numpy(np.ascontiguousarray(key)), kk, dim=1).values
+    return values[:, kk - 1].numpy()
+
+
 def _select_k(key: np.ndarray, cand: np.ndarray, kk: int) -> np.ndarray:
     """Mask of exactly ``kk`` items per row: the best keys, ties to candidates then low index."""
-    kth = -np.partition(-key, kk - 1, axis=1)[:, kk - 1]
+    kth = _kth_largest(key, kk)
     chosen = key > kth[:, None]
     need = kk - chosen.sum(axis=1)
     tied = key == kth[:, None]
-    for group in (tied & cand, tied & ~cand):
-        take = group & (np.cumsum(group, axis=1) <= need[:, None])
-        chosen |= take
-        need = need - take.sum(axis=1)
+    whole = tied.sum(axis=1) == need  # every tied item fits: no tie to break
+    chosen |= tied & whole[:, None]
+    rows = np.flatnonzero(~whole)
+    if len(rows):  # ties at the k-th key (equal scores, or too few candidates): cut in order
+        sub, tied, cand, need = chosen[rows], tied[rows], cand[rows], need[rows]
+        for group in (tied & cand, tied & ~cand):
+            take = group & (np.cumsum(group, axis=1) <= need[:, None])
+            sub |= take
+            need = need - take.sum(axis=1)
+        chosen[rows] = sub
     return chosen
 
 
