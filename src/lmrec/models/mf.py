@@ -68,19 +68,19 @@ def solve_side(fixed: np.ndarray, confidence: sp.csr_matrix, regularization: flo
     k = fixed.shape[1]
     gram = fixed.T @ fixed + regularization * np.eye(k)
     indptr, indices, data = confidence.indptr, confidence.indices, confidence.data
-    n_rows = confidence.shape[0]
-    out = np.zeros((n_rows, k))
+    out = np.zeros((confidence.shape[0], k))
+    rows = np.flatnonzero(np.diff(indptr) > 0)  # an empty row's solution is 0: not solved
     chunk = max(1, _CHUNK_ENTRIES // (k * k))
-    for start in range(0, n_rows, chunk):
-        stop = min(start + chunk, n_rows)
-        systems = np.repeat(gram[None], stop - start, axis=0)
-        rhs = np.zeros((stop - start, k))
-        for row in range(start, stop):
+    for start in range(0, len(rows), chunk):
+        block = rows[start : start + chunk]
+        systems = np.repeat(gram[None], len(block), axis=0)
+        rhs = np.zeros((len(block), k))
+        for at, row in enumerate(block):
             entries = slice(indptr[row], indptr[row + 1])
             factors, weights = fixed[indices[entries]], data[entries]
-            systems[row - start] += (factors.T * weights) @ factors
-            rhs[row - start] = (1.0 + weights) @ factors
-        out[start:stop] = np.linalg.solve(systems, rhs[:, :, None])[:, :, 0]
+            systems[at] += (factors.T * weights) @ factors
+            rhs[at] = (1.0 + weights) @ factors
+        out[block] = np.linalg.solve(systems, rhs[:, :, None])[:, :, 0]
     return out
 
 
