@@ -26,6 +26,17 @@ def _restrict(users: np.ndarray, sample: np.ndarray | None) -> np.ndarray:
     return np.ones(len(users), dtype=bool) if sample is None else np.isin(users, sample)
 
 
+def _items_by_user(rows) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """(sorted users, user -> their items in row order) of a ``user_idx``/``item_idx`` frame:
+    one stable sort, not a pandas group per user (500k users at 10M interactions)."""
+    user = rows["user_idx"].to_numpy(dtype=np.int64)
+    item = rows["item_idx"].to_numpy(dtype=np.int64)
+    order = np.argsort(user, kind="stable")
+    everyone, starts = np.unique(user[order], return_index=True)
+    groups = np.split(item[order], starts[1:]) if len(everyone) else []
+    return everyone, dict(zip(everyone.tolist(), groups, strict=True))
+
+
 def cold_item_slice(
     model: Scorer,
     split: SplitData,
@@ -46,8 +57,7 @@ def cold_item_slice(
     """
     stage_targets(split, stage)
     not_cold = ~cold_mask(split)
-    by_user = split.cold.groupby("user_idx")["item_idx"].apply(np.asarray)
-    everyone = by_user.index.to_numpy(dtype=np.int64)
+    everyone, by_user = _items_by_user(split.cold)
     users = everyone[_restrict(everyone, users)]
     per_user, nonfinite = [], 0
     for batch, histories, scores in batches(model, split, users, stage, batch_size):

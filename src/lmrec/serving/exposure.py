@@ -287,20 +287,30 @@ def apply_to_scores(
         policy: the exposure policy.
         threshold: the pick score a fresh item needs for a reserved slot
             (``score_threshold`` over the same pick scores).
-        pick: float ``[n, n_items]``: the scores compared with ``threshold``
-            (``PickScale.blend`` with ``policy.text_weight``); None: ``scores``.
-        choose: float ``[n, n_items]``: the scores fresh items are chosen by (``pick`` plus
-            the popularity prior); None: ``pick``. A row gets as many slots (at most the
+        pick: float: the scores compared with ``threshold`` (``PickScale.blend`` with
+            ``policy.text_weight``), ``[n, n_fresh]`` over the fresh items in index order
+            (``np.flatnonzero(fresh)``: only they can take a slot, so the evaluation need
+            not blend the whole catalog) or ``[n, n_items]``; None: ``scores``.
+        choose: the scores fresh items are chosen by (``pick`` plus the popularity prior),
+            shaped as ``pick``; None: ``pick``. A row gets as many slots (at most the
             reserved ones) as it has fresh items whose ``pick`` reaches ``threshold``.
     """
     top = top_k(scores, k, excluded)
     reserved = policy.reserved(k)
     if reserved == 0 or not fresh.any():
         return top
-    pick = scores if pick is None else pick
-    choose = pick if choose is None else choose
-    outside = excluded | ~fresh[None, :]
-    fresh_top = top_k(choose, reserved, outside)
+    columns = np.flatnonzero(fresh)
+
+    def fresh_columns(values: np.ndarray | None) -> np.ndarray | None:
+        if values is None or values.shape[1] == len(columns):
+            return values
+        return values[:, columns]
+
+    pick = fresh_columns(scores if pick is None else pick)
+    choose = pick if choose is None else fresh_columns(choose)
+    outside = excluded[:, columns]
+    best = top_k(choose, reserved, outside)  # positions in ``columns``, -1 padded
+    fresh_top = np.where(best >= 0, columns[np.maximum(best, 0)], _PAD)
     if threshold > -np.inf:  # too weak for a slot: not offered
         strong = ((pick >= threshold) & ~outside).sum(axis=1)
         fresh_top = np.where(np.arange(reserved)[None, :] < strong[:, None], fresh_top, _PAD)

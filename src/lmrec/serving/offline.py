@@ -78,20 +78,20 @@ class _Calibration:
             )
         best = [best_fresh_scores(self.pick(s, t), own) for s, t in chunks]
         self.threshold = score_threshold(np.concatenate(best) if best else np.zeros(0), policy)
-        self.prior = None  # per item: prior_weight * the text-predicted popularity
+        self.prior = None  # per fresh item: prior_weight * the text-predicted popularity
         if policy.prior_weight > 0 and text is not None and counts is not None:
             prior = PopularityPrior.fit(text, counts, fresh)
             if prior is not None:
-                self.prior = policy.prior_weight * prior(text)
+                self.prior = policy.prior_weight * prior(text[fresh])
 
     def pick(self, scores: np.ndarray, affinity: np.ndarray | None) -> np.ndarray:
-        """The score compared with the threshold."""
+        """The score compared with the threshold (of the same columns as ``scores``)."""
         if self.scale is None:
             return scores
         return self.scale.blend(scores, affinity, self.policy.text_weight)
 
     def choose(self, pick: np.ndarray) -> np.ndarray:
-        """The score fresh items are chosen by (``pick`` plus the prior)."""
+        """The score fresh items are chosen by: ``pick`` (``[n, n_fresh]``) plus the prior."""
         return pick if self.prior is None else pick + self.prior[None, :]
 
 
@@ -167,9 +167,12 @@ def served_metrics(
         found[name] = [{"ranks": [], "fresh": []} for _ in policies]
         for rows, scores in _scored(model, split, stage, users, histories):
             excluded = exclusion_mask(histories[rows], scores.shape[1], keep=targets[rows])
-            affinity = _affinity(text, histories[rows])
+            affinity = _affinity(text, histories[rows], union)  # fresh columns only
             for cal, out in zip(calibrations, found[name], strict=True):
-                pick = cal.pick(scores, affinity)
+                own = cal.fresh[union]
+                pick = cal.pick(
+                    scores[:, cal.fresh], None if affinity is None else affinity[:, own]
+                )
                 lists = apply_to_scores(
                     scores,
                     excluded,
