@@ -67,8 +67,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-#: an atomic writer's temporary: ``.<name>.<pid>.<random>.tmp`` (``_temp_prefix``)
-_TEMP_NAME = re.compile(r"\..*\.(\d+)\.[^.]+\.tmp")
+#: A writer's temporary (``_temp_prefix``): ``.<name>.<pid>.<random>.tmp``, or what a swap onto such a
+#: temporary set aside (``..<name>.<pid>.<random>.tmp.old``: a model saved atomically into
+#: the directory an outer ``atomic_dir`` yielded, killed between the swap's renames).
+_TEMP_NAME = re.compile(r"\..*\.(\d+)\.[^.]+\.tmp(\.old)?")
 
 
 def _sweep(path: Path) -> None:
