@@ -67,9 +67,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-#: A writer's temporary (``_temp_prefix``): ``.<name>.<pid>.<random>.tmp``, or what a swap onto such a
-#: temporary set aside (``..<name>.<pid>.<random>.tmp.old``: a model saved atomically into
-#: the directory an outer ``atomic_dir`` yielded, killed between the swap's renames).
+#: A writer's temporary (``_temp_prefix``): ``.<name>.<pid>.<random>.tmp``, or what a swap
+#: onto such a temporary set aside (``..<name>.<pid>.<random>.tmp.old``: a model saved
+#: atomically into the directory an outer ``atomic_dir`` yielded, killed between the swap's
+#: renames).
 _TEMP_NAME = re.compile(r"\..*\.(\d+)\.[^.]+\.tmp(\.old)?")
 
 
