@@ -53,7 +53,7 @@ from lmrec.serving.exposure import (
     TEXT_WINDOW,
     ExposurePolicy,
     PickScale,
-    PopularityPrior,
+    prior_terms,
     score_threshold,
     text_profiles,
 )
@@ -191,11 +191,10 @@ class Engine:
         policy = fresh.policy
         if policy.text_weight > 0 or policy.prior_weight > 0:
             fresh.scale = PickScale.fit(self._calibration_chunks(keys))
-        if policy.prior_weight > 0:
-            prior = PopularityPrior.fit(self.text, self.popularity, fresh.mask)
-            if prior is not None:
-                fresh.prior = np.zeros(self.n_items)
-                fresh.prior[fresh.scored] = policy.prior_weight * prior(self.text[fresh.scored])
+        terms = prior_terms(self.text, self.popularity, fresh.mask, policy.prior_weight)
+        if terms is not None:
+            fresh.prior = np.zeros(self.n_items)
+            fresh.prior[fresh.mask] = terms
         if fresh.policy.min_score_quantile > 0:
             best = []
             for model, text in self._calibration_chunks(keys):

@@ -220,6 +220,18 @@ class PopularityPrior:
         return np.asarray(vectors, dtype=np.float64) @ self.weights + self.bias
 
 
+def prior_terms(
+    text: np.ndarray, interactions: np.ndarray, fresh: np.ndarray, weight: float
+) -> np.ndarray | None:
+    """``weight`` times the prior of each fresh item (in index order), fitted on these
+    items; None when the weight is 0 or the prior cannot be fitted. What the engine and
+    the evaluation add to the pick score of the fresh items."""
+    if weight <= 0:
+        return None
+    prior = PopularityPrior.fit(text, interactions, fresh)
+    return None if prior is None else weight * prior(text[np.asarray(fresh, dtype=bool)])
+
+
 def merge(top: Sequence[int], fresh_top: Sequence[int], k: int, reserved: int, fresh) -> list[int]:
     """One list with ``reserved`` slots for fresh items.
 

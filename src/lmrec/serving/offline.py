@@ -23,10 +23,10 @@ from lmrec.features.dataset import SplitData
 from lmrec.serving.exposure import (
     ExposurePolicy,
     PickScale,
-    PopularityPrior,
     apply_to_scores,
     best_fresh_scores,
     list_ranks,
+    prior_terms,
     score_threshold,
     text_profiles,
 )
@@ -79,10 +79,8 @@ class _Calibration:
         best = [best_fresh_scores(self.pick(s, t), own) for s, t in chunks]
         self.threshold = score_threshold(np.concatenate(best) if best else np.zeros(0), policy)
         self.prior = None  # per fresh item: prior_weight * the text-predicted popularity
-        if policy.prior_weight > 0 and text is not None and counts is not None:
-            prior = PopularityPrior.fit(text, counts, fresh)
-            if prior is not None:
-                self.prior = policy.prior_weight * prior(text[fresh])
+        if text is not None and counts is not None:
+            self.prior = prior_terms(text, counts, fresh, policy.prior_weight)
 
     def pick(self, scores: np.ndarray, affinity: np.ndarray | None) -> np.ndarray:
         """The score compared with the threshold (of the same columns as ``scores``)."""
