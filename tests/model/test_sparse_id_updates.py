@@ -15,7 +15,7 @@ import torch
 
 from lmrec.models.sequential import SequentialRecommender
 from lmrec.models.sequential_fit import DataParallel, TrainingLoop
-from lmrec.models.sequential_net import BOS, N_SPECIAL, SequentialNet
+from lmrec.models.sequential_net import BOS, N_SPECIAL, PAD, SequentialNet
 from lmrec.train.checkpoint import load_checkpoint, save_checkpoint
 
 from .conftest import Planted, hit_rate, tiny_sequential
@@ -100,12 +100,20 @@ def test_the_sampled_softmax_sparse_id_gradient_gives_adamws_dense_update(plante
     sparse, dense = _loop(planted, **dense_params), _loop(planted, **dense_params)
     assert sparse.sparse_ids is not None and sparse.id_optimizer is None
     dense.objective.net.item_id.sparse, dense.sparse_ids = False, None  # the old path
-    tokens = torch.tensor([[BOS, 3 + N_SPECIAL, 4 + N_SPECIAL, 0], [BOS, 7 + N_SPECIAL, 0, 0]])
-    targets = torch.tensor([[3, 4, 5, -1], [7, 8, -1, -1]])
+    # Different rows each step: the kept dense gradient must clear the previous step's rows.
+    # (items seen after BOS, -1 = padding; the targets are the next items)
+    batches = [
+        ([[3, 4, -1], [7, -1, -1]], [[3, 4, 5, -1], [7, 8, -1, -1]]),
+        ([[1, 2, 6], [9, -1, -1]], [[1, 2, 6, 0], [9, 10, -1, -1]]),
+        ([[3, -1, -1], [11, 12, -1]], [[3, 2, -1, -1], [11, 12, 13, -1]]),
+    ]
     for loop in (sparse, dense):
-        for _ in range(3):
-            torch.manual_seed(1)
-            loop.objective(tokens, targets, 1.0)[0].backward()
+        for step, (seen, targets) in enumerate(batches):
+            items = torch.tensor(seen)
+            body = torch.where(items >= 0, items + N_SPECIAL, PAD)
+            tokens = torch.cat([torch.full((2, 1), BOS), body], 1)
+            torch.manual_seed(step)
+            loop.objective(tokens, torch.tensor(targets), 1.0)[0].backward()
             loop._optimizer_step(0.1)
     for (name, a), b in zip(
         sparse.objective.net.named_parameters(), dense.objective.net.parameters(), strict=True

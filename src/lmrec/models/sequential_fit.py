@@ -146,6 +146,9 @@ class TrainingLoop:
         if table is not None and net.item_id is not None:
             net.item_id.sparse = True
         self.sparse_ids = table
+        # _densify_id_grad's kept dense gradient and the rows it last wrote.
+        self._id_grad: torch.Tensor | None = None
+        self._id_grad_rows: torch.Tensor | None = None
         lazy_table = table if p.lazy_id_updates else None
         dense = [q for q in net.parameters() if q.requires_grad and q is not lazy_table]
         groups = [{"params": dense, "lr": p.lr}]
@@ -281,8 +284,7 @@ class TrainingLoop:
             nn.utils.clip_grad_norm_(optimizer.param_groups[1]["params"], 1.0)
         table = self.sparse_ids
         if self.id_optimizer is None and table is not None and table.grad is not None:
-            grad = table.grad  # sparse, uncoalesced: summed into one dense tensor
-            table.grad = torch.zeros_like(table).index_add_(0, grad._indices()[0], grad._values())
+            table.grad = self._densify_id_grad(table.grad)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if self.id_optimizer is not None:
@@ -290,6 +292,23 @@ class TrainingLoop:
                 group["lr"] = self.p.lr * factor
             self.id_optimizer.step()
             self.id_optimizer.zero_grad(set_to_none=True)
+
+    def _densify_id_grad(self, grad: torch.Tensor) -> torch.Tensor:
+        """The sparse, uncoalesced ID gradient summed into one dense catalog-sized tensor.
+
+        The tensor is kept from step to step and only the rows the previous step wrote are
+        cleared: a fresh ``zeros_like`` a step wrote (and page-faulted) the whole table,
+        ~100 MB at 200k items, for the few thousand rows a batch looks up.
+        """
+        rows = grad._indices()[0]
+        dense, touched = self._id_grad, self._id_grad_rows
+        if dense is None or dense.shape != grad.shape or dense.dtype != grad.dtype:
+            dense = torch.zeros(grad.shape, dtype=grad.dtype, device=grad.device)
+        elif touched is not None:
+            dense.index_fill_(0, touched, 0.0)
+        dense.index_add_(0, rows, grad._values())
+        self._id_grad, self._id_grad_rows = dense, rows
+        return dense
 
 
 def _fusable(groups: list[dict[str, Any]], device: torch.device) -> bool:
