@@ -259,6 +259,17 @@ def serve_smoke(workspace: Path, env: dict[str, str], port: int, budget_s: float
     return out
 
 
+def _revision() -> str:
+    """The checkout's short commit, with ``+changes`` when the tree differs from it."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def run_size(label: str, args: argparse.Namespace, save: Any) -> dict[str, Any]:
     """Every stage of one size in a fresh workspace; stops at the first unfinished stage.
     ``save(result)`` is called after each stage, so a run stopped from outside keeps what
@@ -268,6 +279,8 @@ def run_size(label: str, args: argparse.Namespace, save: Any) -> dict[str, Any]:
     workspace.mkdir(parents=True)
     copy_repository(workspace)
     result: dict[str, Any] = {**shape(SIZES[label]), "stages": {}, "running": True}
+    result["code"] = _revision()
+    result["date"] = time.strftime("%Y-%m-%d")
     result["params"] = _params(workspace, args.profile.resolve(), args.epochs)
     env = {
         **os.environ,
@@ -414,8 +427,12 @@ def markdown(payload: dict[str, Any]) -> str:
             )
         exponent = payload.get("exponents", {}).get(name, "-")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {exponent} |")
-    lines += ["", "| size | users | items | epoch s | serve (known user / history ms) | status |"]
-    lines += ["|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| size | users | items | epoch s | serve (known user / history ms) | code, date "
+        "| status |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for label in labels:
         s = sizes[label]
         serve = s.get("serve", {})
@@ -429,7 +446,7 @@ def markdown(payload: dict[str, Any]) -> str:
         )
         lines.append(
             f"| {label} | {s['n_users']} | {s['n_items']} | {s.get('epoch_seconds', '-')} "
-            f"| {served} | {status} |"
+            f"| {served} | {s.get('code', 'not recorded')}, {s.get('date', '-')} | {status} |"
         )
     for label in ("1M", "3M", "10M"):
         if label not in sizes:
