@@ -260,27 +260,18 @@ def serve_smoke(workspace: Path, env: dict[str, str], port: int, budget_s: float
     return out
 
 
-def _revision() -> str:
-    """The checkout's short commit, with ``+changes`` when the tree differs from it."""
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
-
-
 def run_size(label: str, args: argparse.Namespace, save: Any) -> dict[str, Any]:
     """Every stage of one size in a fresh workspace; stops at the first unfinished stage.
     ``save(result)`` is called after each stage, so a run stopped from outside keeps what
     it measured (marked as running)."""
+    from lmrec.train.tracking import git_commit
+
     workspace = (args.workspace / label).resolve()
     shutil.rmtree(workspace, ignore_errors=True)
     workspace.mkdir(parents=True)
     copy_repository(workspace)
     result: dict[str, Any] = {**shape(SIZES[label]), "stages": {}, "running": True}
-    result["code"] = _revision()
+    result["code"] = git_commit(REPO)  # commit, +dirty for a changed tree
     result["date"] = time.strftime("%Y-%m-%d")
     result["params"] = _params(workspace, args.profile.resolve(), args.epochs)
     env = {
@@ -399,6 +390,12 @@ def exponents(sizes: dict[str, dict[str, Any]], smallest: int = 1_000_000) -> di
     return out
 
 
+def _short(commit: str) -> str:
+    """A commit as its first 7 hex digits, keeping a ``+dirty`` mark."""
+    head, plus, mark = commit.partition("+")
+    return (head[:7] if len(head) == 40 else head) + plus + mark
+
+
 def markdown(payload: dict[str, Any]) -> str:
     sizes = payload["sizes"]
     labels = [s for s in SIZES if s in sizes]
@@ -449,7 +446,8 @@ def markdown(payload: dict[str, Any]) -> str:
         )
         lines.append(
             f"| {label} | {s['n_users']} | {s['n_items']} | {s.get('epoch_seconds', '-')} "
-            f"| {served} | {s.get('code', 'not recorded')}, {s.get('date', '-')} | {status} |"
+            f"| {served} | {_short(s.get('code', 'not recorded'))}, {s.get('date', '-')} "
+            f"| {status} |"
         )
     for label in ("1M", "3M", "10M"):
         if label not in sizes:

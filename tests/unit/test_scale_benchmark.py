@@ -72,3 +72,11 @@ def test_the_gate_is_relaxed_and_epochs_overridden(scale, tmp_path):
     assert params["train"]["sequential"]["epochs"] == 2
     assert all(c == {"metric": c["metric"], "against": "value", "min": 0.0}
                for c in params["gate"]["checks"])  # fmt: skip
+
+
+def test_the_size_table_shortens_a_full_commit_and_keeps_its_dirty_mark(scale):
+    full = "0123456789abcdef0123456789abcdef01234567"
+    assert scale._short(full) == "0123456"
+    assert scale._short(full + "+dirty") == "0123456+dirty"
+    assert scale._short("64a446a") == "64a446a"  # recorded short already
+    assert scale._short("unknown") == "unknown"
